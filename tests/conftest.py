@@ -43,3 +43,17 @@ def subprocess_env() -> dict:
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:
     return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> pathlib.Path:
+    """The bundled LVIS-format sample (public_data/lvis/sample)."""
+    return REPO / "public_data" / "lvis" / "sample"
+
+
+@pytest.fixture(scope="session")
+def tiny_template(tiny_model_dir):
+    """ms-swift's qwen3_vl template (train mode) over the tiny model's processor; no weights loaded."""
+    from swift_plugins.dataset_lengths import load_template
+
+    return load_template(tiny_model_dir)

@@ -1,0 +1,125 @@
+"""scripts/analyze_token_lengths.py on the bundled sample: files, keys, numbers, skip/raise, cache, workers."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from swift_plugins.analysis import token_analysis
+from swift_plugins.data import RecordError
+
+
+def _run(model, jsonl, out, cache, *extra):
+    argv = ["--model_path", str(model), "--train_jsonl", str(jsonl), "--output_dir", str(out),
+            "--cache_dir", str(cache), "--max_lengths", "4000,8000", "--effective_batch_size", "8",
+            "--world_size", "2", "--num_train_epochs", "2", *extra]
+    return token_analysis.run(token_analysis.build_parser().parse_args(argv))
+
+
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny_model_dir, sample_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("analysis")
+    result = _run(tiny_model_dir, sample_dir / "train.jsonl", out, out / "cache")
+    return out, result
+
+
+def test_writes_the_seed_files_with_consistent_numbers(analysed, sample_dir):
+    out, _ = analysed
+    for name in ("dataset_stats.json", "sample_stats.jsonl", "packing_simulations.json", "recommendations.json",
+                 "analysis_full.log", "skipped_records.jsonl"):
+        assert (out / name).is_file(), name
+    stats = json.loads((out / "dataset_stats.json").read_text())
+    samples = _rows(out / "sample_stats.jsonl")
+    n_records = sum(1 for line in (sample_dir / "train.jsonl").read_text().splitlines() if line.strip())
+    assert stats["num_samples"] == len(samples) == n_records and stats["records_skipped"] == 0
+    total = np.array([s["total_tokens"] for s in samples])
+    assert all(s["total_tokens"] == s["text_tokens"] + s["image_tokens"] for s in samples)
+    assert [s["line"] for s in samples] == list(range(1, n_records + 1))
+    assert stats["max_total_tokens"] == total.max() and stats["sum_total_tokens"] == total.sum()
+    assert stats["median_total_tokens"] == float(np.median(total))
+    assert stats["p95_total_tokens"] == round(float(np.percentile(total, 95)), 2)
+
+
+def test_simulations_cover_every_length_and_strategy_and_account_for_every_sample(analysed):
+    out, _ = analysed
+    sims = json.loads((out / "packing_simulations.json").read_text())
+    keys = {(e["global_max_length"], e["strategy"], e["buffer_size"]) for e in sims}
+    assert keys == {(L, s, None) for L in (4000, 8000) for s in ("bfd", "greedy", "next_fit", "random")} | {
+        (4000, "bfd", 256), (8000, "bfd", 256)}
+    n = json.loads((out / "dataset_stats.json").read_text())["num_samples"]
+    for e in sims:
+        assert e["samples_packed"] + e["samples_dropped"] == n
+        assert e["steps_per_epoch"] == round(e["num_packs"] / 8, 2)
+        assert e["optimizer_steps_per_epoch"] == -(-e["num_packs"] // 8)
+        assert e["total_optimizer_steps"] == 2 * e["optimizer_steps_per_epoch"]
+        assert 0 < e["efficiency"] <= 1
+    by = {(e["global_max_length"], e["strategy"], e["buffer_size"]): e for e in sims}
+    assert by[(8000, "bfd", None)]["num_packs"] <= by[(8000, "next_fit", None)]["num_packs"]
+
+
+def test_recommendation_is_backed_by_its_simulation(analysed):
+    out, _ = analysed
+    rec = json.loads((out / "recommendations.json").read_text())
+    sims = json.loads((out / "packing_simulations.json").read_text())
+    r = rec["recommended"]
+    chosen = next(e for e in sims if e["global_max_length"] == r["global_max_length"] and e["strategy"] == "bfd"
+                  and e["buffer_size"] is None)
+    assert rec["why"]["efficiency"] == chosen["efficiency"]
+    assert rec["why"]["samples_dropped"] == chosen["samples_dropped"]
+    assert r["gradient_accumulation_steps"] == 8 // (1 * 2)
+    assert rec["padding_baseline"]["samples_per_step"] == 8
+    match = rec["match_padding_samples_per_step"]
+    assert match["effective_batch_size"] % 2 == 0
+
+
+def test_skip_policy_reports_bad_records_and_raise_names_them(tiny_model_dir, sample_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(sample_dir, data_dir)
+    lines = (data_dir / "train.jsonl").read_text().splitlines()[:20]
+    lines.insert(3, '{"images": ["images/nope.jpg"], "width": 64, "height": 64, "objects": []}')
+    lines.insert(7, "{not json")
+    (data_dir / "train.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    _run(tiny_model_dir, data_dir / "train.jsonl", out, tmp_path / "cache", "--on_error", "skip")
+    stats = json.loads((out / "dataset_stats.json").read_text())
+    assert (stats["num_samples"], stats["records_read"], stats["records_skipped"]) == (20, 22, 2)
+    skipped = _rows(out / "skipped_records.jsonl")
+    assert [(s["line"], s["kind"]) for s in skipped] == [(4, skipped[0]["kind"]), (8, "invalid_json")]
+    with pytest.raises(RecordError) as e:
+        _run(tiny_model_dir, data_dir / "train.jsonl", tmp_path / "out2", tmp_path / "cache")
+    assert str(e.value).startswith(f"{data_dir / 'train.jsonl'}:4: ")
+
+
+def test_cache_reuses_and_invalidates_and_workers_do_not_change_results(tiny_model_dir, sample_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(sample_dir, data_dir)
+    jsonl, cache = data_dir / "train.jsonl", tmp_path / "cache"
+    _run(tiny_model_dir, jsonl, tmp_path / "a", cache)
+    first = (tmp_path / "a" / "sample_stats.jsonl").read_text()
+    _run(tiny_model_dir, jsonl, tmp_path / "b", cache)
+    assert "from cache" in (tmp_path / "b" / "analysis_full.log").read_text()
+    assert (tmp_path / "b" / "sample_stats.jsonl").read_text() == first
+    _run(tiny_model_dir, jsonl, tmp_path / "c", tmp_path / "cache2", "--num_workers", "2")
+    assert (tmp_path / "c" / "sample_stats.jsonl").read_text() == first
+    lines = jsonl.read_text().splitlines()
+    jsonl.write_text("\n".join(lines[:-1]) + "\n")  # data changed -> cache miss, new numbers
+    _run(tiny_model_dir, jsonl, tmp_path / "d", cache)
+    assert "from cache" not in (tmp_path / "d" / "analysis_full.log").read_text()
+    assert len(_rows(tmp_path / "d" / "sample_stats.jsonl")) == len(lines) - 1
+    _run(tiny_model_dir, jsonl, tmp_path / "e", cache, "--clear-cache")
+    assert "from cache" not in (tmp_path / "e" / "analysis_full.log").read_text()
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        token_analysis.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--model_path", "--train_jsonl", "--output_dir", "--max_samples", "--num_workers", "--on_error",
+                 "--clear-cache", "--max_lengths", "--strategies", "--packing_buffer", "--effective_batch_size"):
+        assert flag in text
