@@ -95,19 +95,32 @@ def _count_chunk(chunk: tuple[int, list[bytes]]) -> list[tuple]:
             out.append(("bad", line_no, RecordError(path, line_no, "width/height", f"{e} (fix or drop the image)",
                                                     "image_size"), raw))
             continue
-        objects = []
-        for obj in record["objects"]:
-            key = "poly" if "poly" in obj else "bbox_2d"
-            objects.append((obj["desc"], key, data_mod.emit_coords(obj[key], w, h, emit_norm)))
-        text_tokens = frame + answers.count(objects)
+        text_tokens = record_text_tokens(record, answers, frame, emit_norm)
         if line_no % VERIFY_EVERY == 0:  # the fast count must equal the tokenizer on the real row
             row = data_mod.to_swift_row(record, base_dir=base_dir, sample_key=line_no, **options)
             (full,) = counter.count_rows([row], [[(w, h)]])
             if (full.text_tokens, full.image_tokens) != (text_tokens, image_tokens):
                 raise RuntimeError(f"{path}:{line_no}: fast length {text_tokens}+{image_tokens} != tokenizer "
                                    f"{full.text_tokens}+{full.image_tokens}; please report this record")
-        out.append(("ok", line_no, text_tokens, image_tokens, len(objects)))
+        out.append(("ok", line_no, text_tokens, image_tokens, len(record["objects"])))
     return out
+
+
+def record_text_tokens(record: dict, answers: DetectionAnswerCounter, frame: int, emit_norm: str) -> int:
+    """Text tokens of a validated record's sample: the template frame + its answer (any object order)."""
+    w, h = record["width"], record["height"]
+    objects = []
+    for obj in record["objects"]:
+        key = "poly" if "poly" in obj else "bbox_2d"
+        objects.append((obj["desc"], key, data_mod.emit_coords(obj[key], w, h, emit_norm)))
+    return frame + answers.count(objects)
+
+
+def record_length(record: dict, counter: LengthCounter, answers: DetectionAnswerCounter, frame: int,
+                  emit_norm: str) -> int:
+    """Total tokens of a validated record's sample (text + image)."""
+    return record_text_tokens(record, answers, frame, emit_norm) + counter.image_tokens(record["width"],
+                                                                                      record["height"])
 
 
 def _chunks(path: str, max_records: int):
