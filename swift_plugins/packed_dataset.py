@@ -25,6 +25,7 @@ Accounting (logged and written to ``packing/summary.json``)::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -161,8 +162,6 @@ def pack_count_multiple_of(plan: PackPlan, lengths, multiple: int) -> PackPlan:
     on 4 ranks -> 2 packs split -> 12 packs, 3 steps. Only when too few packs hold two samples are
     the ``remainder`` least-filled packs dropped, each sample reported.
     """
-    import dataclasses
-
     remainder = plan.num_packs % multiple
     if multiple <= 1 or remainder == 0:
         return plan
@@ -249,6 +248,11 @@ class PackedDataset:
         self._step_stats_key, self._step_stats = key, out
         return out
 
+    @property
+    def packed_length(self) -> list[int]:
+        """Tokens per pack in plan order (what ms-swift's dataset statistics read)."""
+        return self.sp.plan.pack_lengths(self.sp.lengths)
+
     # -- items -----------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.order)
@@ -289,7 +293,7 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
     are read from the JSONL by line, so nothing is held in memory and lengths are exact.
     """
     import torch.distributed as dist
-    from swift.utils import get_dist_setting, get_logger
+    from swift.utils import get_dist_setting, get_logger, is_master
 
     logger = get_logger()
     opts = sft.swiftpack_options
@@ -300,11 +304,15 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
         if type(template).__name__ != "Qwen3VLPackingTemplate":
             raise ValueError(f"training.packing needs template.template: {TEMPLATE_TYPE} (got {args.template!r}); "
                              "the config layer sets it when packing is on")
+    if args.training_args.dataloader_persistent_workers and args.training_args.dataloader_num_workers > 0:
+        raise ValueError("training.packing needs dataloader_persistent_workers false: persistent workers keep the "
+                         "first epoch's pack order")
     template.padding_free = True
     template.packing = True
     template.max_length = opts.global_max_length
-    rank, _, world_size, _ = get_dist_setting()
+    _, _, world_size, _ = get_dist_setting()
     world_size = max(1, world_size)
+    rank = dist.get_rank() if dist.is_initialized() else 0
     conversation = opts.conversation_options()
     counter = LengthCounter.from_template(template)
     cache_dir = os.path.join(".cache", "swiftpack")
@@ -334,23 +342,23 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
     val = None
     if opts.val_jsonl:
         val_plan = plan(opts.val_jsonl, False)
-        if not opts.eval_packing:  # one sample per item; the collator still isolates a batch's samples
-            val_plan.plan = PackPlan(packs=[[i] for i in range(len(val_plan.lengths))], dropped=[], drop_reasons={},
-                                     max_length=opts.global_max_length, strategy="none",
-                                     num_samples=len(val_plan.lengths))
+        if not opts.eval_packing:  # one sample per item (overlong ones dropped as planned); a batch is still isolated
+            kept = sorted(s for p in val_plan.plan.packs for s in p)
+            val_plan.plan = dataclasses.replace(val_plan.plan, packs=[[s] for s in kept], strategy="none")
         val = PackedDataset(val_plan, template, conversation, world_size=world_size, seed=opts.packing_seed,
                             train=False, counter=counter)
-    _report(args.output_dir, train_plan, val.sp if val else None, rank, logger, world_size,
+    _report(args.output_dir, train_plan, val.sp if val else None, is_master(), logger, world_size,
             args.gradient_accumulation_steps, len(train))
     from swift_plugins.packing_callback import CALLBACK_PACKING, register as register_callback
     register_callback()
-    if CALLBACK_PACKING not in (args.callbacks or []):
-        args.callbacks = list(args.callbacks or []) + [CALLBACK_PACKING]
+    for holder in (args, args.training_args):  # the trainer reads training_args.callbacks
+        if CALLBACK_PACKING not in (holder.callbacks or []):
+            holder.callbacks = list(holder.callbacks or []) + [CALLBACK_PACKING]
     return train, val
 
 
-def _report(output_dir, train_plan: SamplePlan, val_plan: Optional[SamplePlan], rank, logger, world_size, ga,
-            train_len) -> None:
+def _report(output_dir, train_plan: SamplePlan, val_plan: Optional[SamplePlan], write: bool, logger, world_size,
+            ga, train_len) -> None:
     summary = {"train": train_plan.summary()}
     if val_plan is not None:
         summary["val"] = val_plan.summary()
@@ -359,12 +367,14 @@ def _report(output_dir, train_plan: SamplePlan, val_plan: Optional[SamplePlan], 
                              "optimizer_steps_per_epoch": steps})
     t = summary["train"]
     logger.info(
-        f"swiftpack packing: records in {t['records_read']} = samples {t['samples']} - split extra "
-        f"+ skipped {t['records_skipped']}; samples {t['samples']} = packed {t['samples_packed']} + dropped "
-        f"{t['samples_dropped']} {t['dropped_by_reason']}; {t['num_packs']} packs of {t['global_max_length']} "
-        f"({t['avg_samples_per_pack']} samples/pack, efficiency {t['efficiency']:.2%}), "
-        f"{steps} optimizer steps/epoch (world {world_size} x grad accum {ga})")
-    if rank != 0:
+        f"swiftpack packing: {t['jsonl']}: records read {t['records_read']} = valid "
+        f"{t['records_read'] - t['records_skipped']} + skipped {t['records_skipped']}; "
+        f"{t['records_split']} dense record(s) split -> {t['samples']} samples = packed {t['samples_packed']} "
+        f"+ dropped {t['samples_dropped']} {t['dropped_by_reason']}; {t['num_packs']} packs of "
+        f"{t['global_max_length']} tokens ({t['avg_samples_per_pack']} samples/pack, efficiency "
+        f"{t['efficiency']:.2%}); {steps} optimizer steps/epoch (world {world_size} x grad accum {ga}); "
+        f"dropped/skipped list: {os.path.join(output_dir, 'packing', 'dropped_samples.jsonl')}")
+    if not write:
         return
     folder = os.path.join(output_dir, "packing")
     os.makedirs(folder, exist_ok=True)

@@ -6,7 +6,10 @@ import os
 import pathlib
 import sys
 
+import subprocess
+
 import pytest
+from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VENV_BIN = pathlib.Path(sys.executable).parent
@@ -57,3 +60,40 @@ def tiny_template(tiny_model_dir):
     from swift_plugins.dataset_lengths import load_template
 
     return load_template(tiny_model_dir)
+
+
+# --------------------------------------------------------------------------- e2e helpers
+def make_lvis_jsonl(folder: pathlib.Path, n: int, name: str = "train.jsonl", object_counts=None) -> pathlib.Path:
+    """``n`` small LVIS-format records with short answers (fast on CPU), images next to the JSONL.
+
+    Default: 2 objects each (a cat box, a dog polygon). ``object_counts[i]`` (cycled) gives record
+    i that many objects instead, for varied lengths (packs of several samples, dense records).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        image = f"{pathlib.Path(name).stem}{i}.png"
+        w, h = 96 + 32 * (i % 3), 96
+        Image.new("RGB", (w, h), (40 * i % 255, 90, 140)).save(folder / image)
+        objects = [{"desc": "cat", "bbox_2d": [2, 3, 40, 50 + i]}, {"desc": "dog", "poly": [10, 12, 60, 14, 30, 70]}]
+        if object_counts is not None:
+            k = object_counts[i % len(object_counts)]
+            objects = [{"desc": ("cat", "dog", "red cup")[j % 3], "poly": [j % 90, 5, 80, (7 * j) % 90, 40, 88]}
+                       for j in range(k)]
+        lines.append(json.dumps({"images": [image], "width": w, "height": h, "objects": objects}))
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_overrides(model_dir, data_dir, out_dir, *extra):
+    return ["--model.model", str(model_dir), "--custom.train_jsonl", str(data_dir / "train.jsonl"),
+            "--custom.val_jsonl", "null", "--training.output_dir", str(out_dir), "--training.add_version", "false",
+            *map(str, extra)]
+
+
+def run(cmd, env, timeout=600):
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
