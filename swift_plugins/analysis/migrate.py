@@ -1,0 +1,339 @@
+"""`scripts/migrate_to_packing.py`: a padding training YAML + an analysis folder -> a packing YAML.
+
+    python scripts/migrate_to_packing.py --padding_config configs/dlora/sft_text_only_padding.yaml \\
+        --analysis_dir docs/temp_packed_dataset --output configs/dlora/sft_text_only_packed.yaml --world_size 4
+
+The output ``extends:`` the padding config (path relative to the output's folder) and sets only
+what packing changes::
+
+    training.packing                     true
+    training.global_max_length           recommendations.json (--global_max_length overrides)
+    training.packing_strategy            recommendations.json (--packing_strategy overrides)
+    training.packing_buffer / packing_min_fill_ratio / packing_drop_last
+                                         the padding config's (resolved, inherited) values, or the flags
+    training.per_device_train_batch_size 1 (a device batch is one pack)
+    training.effective_batch_size        the padding config's (packs per optimizer step), or with
+                                         --match_samples_per_step recommendations.json's
+                                         match_padding_samples_per_step.effective_batch_size
+    training.eval_steps, save_steps, save_delay_steps, logging_steps, max_steps
+                                         rescaled by new / old optimizer steps per epoch
+    training.output_dir / logging_dir / run_name
+                                         'padded' -> 'packed', 'padding' -> 'packing' (last occurrence),
+                                         else '_packed' appended, so the two runs never share a folder
+
+Steps per epoch (world size from ``--world_size``, else the analysis')::
+
+    old = ceil(padding samples / padding effective_batch_size)        padding samples = num_samples minus
+                                                                      those over template.max_length (delete)
+    new = ceil(num_packs / packing effective_batch_size)              num_packs of the packing_simulations.json
+                                                                      entry for the chosen plan (see below)
+
+The plan entry is the one simulated with exactly the chosen strategy, buffer, min fill ratio and
+drop_last; if that variant was not simulated, the one-window entry of (length, strategy), which is
+what the recommendation was computed on, and the header says so. Rescaling, worked (old 777, new 59)::
+
+    scaled(x) = 0 if x == 0 else max(1, floor(x * new / old + 1/2))   (nearest integer, halves up, >= 1)
+    save_steps 280 -> floor(280 * 59 / 777 + 0.5) = floor(21.76) = 21 ; logging_steps 5 -> 0.38 -> 1
+
+The file is written next to the output under a temporary name, validated with
+``swift_plugins.config.resolve_config`` (must pass) and only then renamed onto ``--output``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from swift_plugins.analysis.report import (ceil_steps, find_simulation, fmt_int, load_analysis, padding_rows,
+                                           total_steps, variant_text)
+
+__all__ = ["MigrationResult", "STEP_KEYS", "build_parser", "default_output", "main", "migrate", "rename_run",
+           "rescale_steps"]
+
+STEP_KEYS = ("eval_steps", "save_steps", "save_delay_steps", "logging_steps", "max_steps")
+RUN_NAME_KEYS = ("output_dir", "logging_dir", "run_name")
+
+
+def rescale_steps(value: int, new_steps: int, old_steps: int) -> int:
+    """``0`` stays 0; else the nearest integer to ``value * new / old`` (halves up), at least 1.
+
+    Exact integer arithmetic (no float rounding):
+
+    >>> rescale_steps(280, 59, 777), rescale_steps(5, 59, 777), rescale_steps(0, 1, 2), rescale_steps(5, 1, 2)
+    (21, 1, 0, 3)
+    """
+    if value == 0:
+        return 0
+    return max(1, (2 * value * new_steps + old_steps) // (2 * old_steps))
+
+
+def rename_run(value: str) -> str:
+    """``./output/text_only_padded`` -> ``./output/text_only_packed``; ``output/tiny/padding`` ->
+    ``output/tiny/packing``; ``run1`` -> ``run1_packed``."""
+    for old, new in (("padded", "packed"), ("padding", "packing")):
+        i = value.rfind(old)
+        if i >= 0:
+            return value[:i] + new + value[i + len(old):]
+    return value.rstrip("/") + "_packed"
+
+
+def default_output(padding_config: str) -> str:
+    """``configs/dlora/sft_text_only_padding.yaml`` -> ``configs/dlora/sft_text_only_packed.yaml``;
+    other names get ``_packed`` before the extension."""
+    folder, base = os.path.split(padding_config)
+    stem, ext = os.path.splitext(base)
+    stem = stem[:-len("_padding")] if stem.endswith("_padding") else stem
+    return os.path.join(folder, f"{stem}_packed{ext or '.yaml'}")
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    output: str
+    world_size: int
+    entry: dict                  # the packing_simulations.json entry the new steps come from
+    exact_variant: bool          # False: the chosen buffer/min-fill/drop-last variant was not simulated
+    old_steps_per_epoch: int
+    new_steps_per_epoch: int
+    old_effective_batch_size: int
+    new_effective_batch_size: int
+    values: dict                 # training key -> value written
+    before: dict                 # training key -> value in the padding config
+    table: str                   # the before/after table printed
+    text: str                    # the YAML written
+
+
+def _yaml_value(v: Any) -> str:
+    import yaml
+
+    text = yaml.safe_dump(v, default_flow_style=True, width=10 ** 6).strip()
+    return text[:-4].rstrip() if text.endswith("\n...") else text
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None, *,
+            world_size: Optional[int] = None, global_max_length: Optional[int] = None,
+            packing_strategy: Optional[str] = None, packing_buffer: Optional[int] = None,
+            packing_min_fill_ratio: Optional[float] = None, packing_drop_last: Optional[bool] = None,
+            match_samples_per_step: bool = False, command: str = "", log=print) -> MigrationResult:
+    """Write the packing config (see the module docstring); raises ValueError / ConfigError with the fix."""
+    from swift_plugins.config import resolve_config
+
+    output = output or default_output(padding_config)
+    log(f"[1/4] reading {analysis_dir} and {padding_config}")
+    analysis = load_analysis(analysis_dir)
+    rec = analysis.recommendations
+    r = rec.get("recommended")
+    W = int(world_size or (r or {}).get("world_size") or 1)
+    resolved = resolve_config(padding_config, world_size=W, world_size_source="--world_size")
+    t = resolved.config.training
+    if t.packing:
+        raise ValueError(f"{padding_config}: training.packing is already true; give the padding config "
+                         f"(packing false) to migrate")
+    if global_max_length is None and r is None:
+        raise ValueError(f"{analysis_dir}/recommendations.json has no recommendation ({rec.get('reason')}); "
+                         f"pass --global_max_length")
+    L = int(global_max_length or r["global_max_length"])
+    strategy = packing_strategy or (r or {}).get("packing_strategy") or t.packing_strategy
+    buffer = t.packing_buffer if packing_buffer is None else int(packing_buffer)
+    min_fill = t.packing_min_fill_ratio if packing_min_fill_ratio is None else float(packing_min_fill_ratio)
+    drop_last = t.packing_drop_last if packing_drop_last is None else bool(packing_drop_last)
+    entry, exact = find_simulation(analysis.simulations, L, strategy, buffer, min_fill, drop_last)
+
+    old_eff = t.effective_batch_size or resolved.gradient_accumulation_steps * t.per_device_train_batch_size * W
+    pad = padding_rows(analysis.total_tokens, resolved.config.template.max_length,
+                       resolved.config.template.truncation_strategy)
+    old_steps = ceil_steps(pad["rows"], old_eff)
+    eff_source = f"kept from the padding config ({resolved.sources.get('training.effective_batch_size')})"
+    new_eff = old_eff
+    if match_samples_per_step:
+        match = rec["match_padding_samples_per_step"]
+        basis = (rec["padding_baseline"]["effective_batch_size"], r["world_size"], r["global_max_length"],
+                 r["packing_strategy"])
+        if basis != (old_eff, W, L, strategy):
+            raise ValueError(
+                f"{analysis_dir}/recommendations.json match_padding_samples_per_step was computed for effective "
+                f"batch {basis[0]}, world size {basis[1]}, length {basis[2]}, strategy {basis[3]}; this migration "
+                f"has {old_eff}, {W}, {L}, {strategy}: re-run scripts/analyze_token_lengths.py with "
+                f"--effective_batch_size {old_eff} --world_size {W} (and a --max_lengths list holding {L}), or drop "
+                f"--match_samples_per_step")
+        new_eff = int(match["effective_batch_size"])
+        eff_source = (f"recommendations.json match_padding_samples_per_step: {match['samples_per_step']} samples per "
+                      f"step, near the padding run's {old_eff}")
+    new_steps = ceil_steps(entry["num_packs"], new_eff)
+    if old_steps < 1 or new_steps < 1:
+        raise ValueError(f"no optimizer steps (padding {old_steps}, packing {new_steps}): empty analysis?")
+
+    values: dict = {"packing": True, "global_max_length": L, "packing_strategy": strategy, "packing_buffer": buffer,
+                    "packing_min_fill_ratio": min_fill, "packing_drop_last": drop_last,
+                    "per_device_train_batch_size": 1, "effective_batch_size": new_eff}
+    rec_src = "recommendations.json" if r and L == r["global_max_length"] else "--global_max_length"
+    notes = {"packing": "swift_plugins planned packing (samples isolated)",
+             "global_max_length": f"{rec_src}" + (f": {rec['reason']}" if rec_src == "recommendations.json" else ""),
+             "packing_strategy": "--packing_strategy" if packing_strategy else "recommendations.json",
+             "packing_buffer": "--packing_buffer" if packing_buffer is not None else
+             f"as the padding config ({resolved.sources['training.packing_buffer']})",
+             "packing_min_fill_ratio": "--packing_min_fill_ratio" if packing_min_fill_ratio is not None else
+             f"as the padding config ({resolved.sources['training.packing_min_fill_ratio']})",
+             "packing_drop_last": "--packing_drop_last" if packing_drop_last is not None else
+             f"as the padding config ({resolved.sources['training.packing_drop_last']})",
+             "per_device_train_batch_size": "one pack per device batch",
+             "effective_batch_size": f"packs per optimizer step, {eff_source}; gradient_accumulation_steps "
+                                     f"{new_eff} / (1 x {W}) = {new_eff // W if new_eff % W == 0 else 'n/a'}"}
+    if t.gradient_accumulation_steps is not None:
+        values["gradient_accumulation_steps"] = None
+        notes["gradient_accumulation_steps"] = "effective_batch_size decides it"
+    before = {k: resolved.value(f"training.{k}") for k in list(values) + list(STEP_KEYS) + list(RUN_NAME_KEYS)}
+    for key in STEP_KEYS:
+        v = before[key]
+        if v is None:
+            continue
+        values[key] = rescale_steps(v, new_steps, old_steps)
+        notes[key] = f"{v} x {new_steps}/{old_steps}"
+    for key in RUN_NAME_KEYS:
+        v = before[key]
+        if v is not None:
+            values[key] = rename_run(v)
+            notes[key] = f"padding run: {v}"
+
+    log(f"[2/4] steps per epoch: padding ceil({pad['rows']} / {old_eff}) = {old_steps}, packing "
+        f"ceil({entry['num_packs']} packs / {new_eff}) = {new_steps} ({variant_text(entry)} at {L})")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    extends = os.path.relpath(os.path.abspath(padding_config), out_dir)
+    variant_note = ("" if exact else
+                    f" (the chosen variant: {strategy}, buffer {buffer}, min fill {min_fill}, drop_last "
+                    f"{str(drop_last).lower()} was not simulated; its pack count can differ slightly)")
+    shown = os.path.relpath(output) if not os.path.isabs(output) else output
+    header = [
+        f"# Generated by scripts/migrate_to_packing.py from {padding_config} and {analysis_dir}; re-run it rather "
+        "than editing the numbers by hand:",
+        f"#   {command or 'python scripts/migrate_to_packing.py --padding_config ... --analysis_dir ...'}",
+        f"# Launch ({W} GPU{'s' if W > 1 else ''}, from the repository root; paths are relative to it):",
+        f"#   torchrun --nproc_per_node={W} -m swift_plugins.sft --config {shown}",
+        f"# Check first (no GPU needed): python -m swift_plugins.sft --config {shown} --print_config "
+        f"--world_size {W}",
+        "#",
+        "# Where the numbers come from:",
+        f"#   padding: ceil({pad['rows']} samples / effective_batch_size {old_eff}) = {old_steps} optimizer steps per "
+        "epoch" + (f" ({pad['dropped']} samples over template.max_length deleted)" if pad["dropped"] else ""),
+        f"#   packing: ceil({entry['num_packs']} packs / effective_batch_size {new_eff}) = {new_steps} optimizer steps "
+        f"per epoch; packs from packing_simulations.json ({variant_text(entry)}, global_max_length {L}){variant_note}",
+        f"#   {entry['samples_dropped']} of {analysis.num_samples} samples dropped by this plan "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(entry['dropped_by_reason'].items())) or 'none'}), reported at "
+        "training time",
+        f"#   step keys x {new_steps}/{old_steps}: nearest integer (halves up), at least 1; 0 stays 0",
+    ]
+    body = [f"extends: {extends}", "", "training:"]
+    for key, v in values.items():
+        body.append(f"  {key}: {_yaml_value(v)}   # {notes[key]}")
+    text = "\n".join(header + body) + "\n"
+
+    log(f"[3/4] validating and writing {output}")
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{os.path.basename(output)}.", suffix=".tmp.yaml")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        packed = resolve_config(tmp, world_size=W, world_size_source="--world_size")
+        for key, v in values.items():
+            got = packed.value(f"training.{key}")
+            if got != v:
+                raise ValueError(f"{output}: training.{key} resolves to {got!r}, expected {v!r} (is it overridden "
+                                 f"after extends?)")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+    E, max_steps_old = t.num_train_epochs, t.max_steps
+    pack_sps = entry["samples_packed"] / entry["num_packs"] * new_eff if entry["num_packs"] else 0.0
+
+    def show(v):
+        if v is None:
+            return "-"
+        return str(v).lower() if isinstance(v, bool) else f"{v:,}" if isinstance(v, int) else str(v)
+
+    rows = [("", "padding", "packing"),
+            ("rows per epoch (samples / packs)", fmt_int(pad["rows"]), fmt_int(entry["num_packs"])),
+            ("samples dropped", fmt_int(pad["dropped"]), fmt_int(entry["samples_dropped"])),
+            ("per_device_train_batch_size", show(t.per_device_train_batch_size), "1"),
+            ("effective_batch_size", fmt_int(old_eff), fmt_int(new_eff)),
+            ("gradient_accumulation_steps", show(resolved.gradient_accumulation_steps),
+             show(packed.gradient_accumulation_steps)),
+            ("samples per step", f"{old_eff:,.1f}", f"{pack_sps:,.1f}"),
+            ("steps per epoch", fmt_int(old_steps), fmt_int(new_steps)),
+            ("total optimizer steps", fmt_int(total_steps(old_steps, E, max_steps_old)),
+             fmt_int(total_steps(new_steps, E, values.get("max_steps"))))]
+    rows += [(k, show(before[k]) if before[k] is not None or k != "eval_steps" else "(= save_steps)",
+              show(values.get(k)) if k in values else "(= save_steps)" if k == "eval_steps" else "-")
+             for k in STEP_KEYS]
+    table = _table(rows)
+    log(f"[4/4] {output} (world_size {W}):\n{table}")
+    return MigrationResult(output=output, world_size=W, entry=entry, exact_variant=exact, old_steps_per_epoch=old_steps,
+                           new_steps_per_epoch=new_steps, old_effective_batch_size=old_eff,
+                           new_effective_batch_size=new_eff, values=values, before=before, table=table, text=text)
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in {"1", "true", "yes"}:
+        return True
+    if s.lower() in {"0", "false", "no"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from swift_plugins.packing import STRATEGIES
+
+    p = argparse.ArgumentParser(
+        prog="migrate_to_packing.py",
+        description="Write a packing config that extends a padding config: packing keys from the analysis "
+                    "(recommendations.json, packing_simulations.json), step-based keys rescaled to the new step "
+                    "count, validated with swift_plugins.config before it is written.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--padding_config", required=True, help="the padding training YAML (extends followed)")
+    p.add_argument("--analysis_dir", default="docs/temp_packed_dataset",
+                   help="folder written by scripts/analyze_token_lengths.py")
+    p.add_argument("--output", default=None,
+                   help="packing YAML to write (default: the padding config's name with _padding -> _packed)")
+    p.add_argument("--world_size", type=int, default=None, help="GPUs of the run (default: the analysis' --world_size)")
+    p.add_argument("--global_max_length", type=int, default=None,
+                   help="tokens per pack (default: recommendations.json); must be a simulated length")
+    p.add_argument("--packing_strategy", choices=STRATEGIES, default=None,
+                   help="default: recommendations.json's")
+    p.add_argument("--packing_buffer", type=int, default=None, help="default: the padding config's value")
+    p.add_argument("--packing_min_fill_ratio", type=float, default=None, help="default: the padding config's value")
+    p.add_argument("--packing_drop_last", type=_bool, default=None, help="default: the padding config's value")
+    p.add_argument("--match_samples_per_step", action="store_true",
+                   help="use recommendations.json's match_padding_samples_per_step effective_batch_size (about as "
+                        "many samples per optimizer step as the padding run) instead of keeping effective_batch_size")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from swift_plugins.config import ConfigError
+
+    command = "python scripts/migrate_to_packing.py " + " ".join(argv)
+    try:
+        migrate(args.padding_config, args.analysis_dir, args.output, world_size=args.world_size,
+                global_max_length=args.global_max_length, packing_strategy=args.packing_strategy,
+                packing_buffer=args.packing_buffer, packing_min_fill_ratio=args.packing_min_fill_ratio,
+                packing_drop_last=args.packing_drop_last, match_samples_per_step=args.match_samples_per_step,
+                command=command.strip())
+    except (FileNotFoundError, ValueError, ConfigError) as e:
+        print(f"migrate_to_packing.py: {e}", file=sys.stderr)
+        return 2
+    return 0
