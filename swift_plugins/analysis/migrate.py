@@ -47,6 +47,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from swift_plugins.analysis.token_analysis import parse_bool
 from swift_plugins.analysis.report import (ceil_steps, find_simulation, fmt_int, load_analysis, padding_rows,
                                            total_steps, variant_text)
 
@@ -285,14 +286,6 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
                            new_effective_batch_size=new_eff, values=values, before=before, table=table, text=text)
 
 
-def _bool(s: str) -> bool:
-    if s.lower() in {"1", "true", "yes"}:
-        return True
-    if s.lower() in {"0", "false", "no"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from swift_plugins.packing import STRATEGIES
 
@@ -314,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: recommendations.json's")
     p.add_argument("--packing_buffer", type=int, default=None, help="default: the padding config's value")
     p.add_argument("--packing_min_fill_ratio", type=float, default=None, help="default: the padding config's value")
-    p.add_argument("--packing_drop_last", type=_bool, default=None, help="default: the padding config's value")
+    p.add_argument("--packing_drop_last", type=parse_bool, default=None, help="default: the padding config's value")
     p.add_argument("--match_samples_per_step", action="store_true",
                    help="use recommendations.json's match_padding_samples_per_step effective_batch_size (about as "
                         "many samples per optimizer step as the padding run) instead of keeping effective_batch_size")

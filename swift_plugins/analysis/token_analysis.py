@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--on_error", choices=ON_ERROR_CHOICES, default="raise",
                    help="bad record: raise = stop with path:line: field: reason; skip = leave it out and list it "
                         "in skipped_records.jsonl")
-    g.add_argument("--check_images", type=_bool, default=True,
+    g.add_argument("--check_images", type=parse_bool, default=True,
                    help="validate that each image file exists and its header size matches width/height "
                         "(false for width/height-only sets)")
     g.add_argument("--num_workers", type=int, default=1,
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--packing_buffer", type=int, default=256,
                    help="also simulate bfd planned in windows of this many samples (0 = skip)")
     g.add_argument("--packing_min_fill_ratio", type=float, default=0.7, help="min fill for the buffered variant")
-    g.add_argument("--packing_drop_last", type=_bool, default=True, help="drop_last for the buffered variant")
+    g.add_argument("--packing_drop_last", type=parse_bool, default=True, help="drop_last for the buffered variant")
     g = p.add_argument_group("training setup (steps, recommendation)")
     g.add_argument("--effective_batch_size", type=int, default=128, help="packs (rows) per optimizer step")
     g.add_argument("--world_size", type=int, default=4, help="GPUs")
@@ -234,13 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tuner", choices=("lora", "dora", "full"), default="dora", help="for the memory estimate")
     g.add_argument("--lora_rank", type=int, default=16, help="for the memory estimate")
     g.add_argument("--zero_stage", type=int, choices=(0, 1, 2, 3), default=2, help="for the memory estimate")
-    g.add_argument("--gradient_checkpointing", type=_bool, default=True, help="for the memory estimate")
+    g.add_argument("--gradient_checkpointing", type=parse_bool, default=True, help="for the memory estimate")
     g.add_argument("--max_drop_fraction", type=float, default=0.001,
                    help="largest fraction of samples the recommended length may drop")
     return p
 
 
-def _bool(s: str) -> bool:
+def parse_bool(s: str) -> bool:
+    """argparse type for true/false flags (1/0, yes/no accepted)."""
     if s.lower() in {"1", "true", "yes"}:
         return True
     if s.lower() in {"0", "false", "no"}:
