@@ -80,3 +80,29 @@ def test_resume_continues_the_same_plan(tiny_model_dir, tmp_path, subprocess_env
     for step in ("3/4", "4/4"):
         assert b[step]["samples_per_step"] == a[step]["samples_per_step"]
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5)
+
+
+def test_bundled_sample_trains_packed_through_plain_swift_sft(tiny_model_dir, tmp_path, subprocess_env, swift_cli):
+    """The bundled sample, exported to a flat YAML, trains packed under plain `swift sft`; the
+    packing metrics reach TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, tb, flat = tmp_path / "out", tmp_path / "tb", tmp_path / "flat" / "sample.yaml"
+    code, log = run([sys.executable, "-m", "swift_plugins.sft", "--config", "configs/tiny/sft_packing.yaml",
+                     "--model.model", str(tiny_model_dir), "--custom.val_jsonl", "null",
+                     "--training.output_dir", str(out), "--training.add_version", "false",
+                     "--training.max_steps", "1", "--training.effective_batch_size", "1",
+                     "--training.report_to", "tensorboard", "--training.logging_dir", str(tb),
+                     "--export_flat", str(flat)], subprocess_env)
+    assert code == 0, log
+    code, log = run([swift_cli, "sft", str(flat)], subprocess_env)
+    assert code == 0, log[-6000:]
+    summary = json.loads((out / "packing" / "summary.json").read_text())["train"]
+    assert summary["records_read"] == 200 and summary["records_skipped"] == 0
+    assert summary["samples"] == summary["samples_packed"] and summary["records_split"] > 0
+    (logged,) = [r for r in read_jsonl(out / "logging.jsonl") if "loss" in r]
+    assert math.isfinite(logged["loss"]) and 0 < logged["packing_efficiency"] <= 1
+    events = EventAccumulator(str(tb)).Reload()
+    tags = events.Tags()["scalars"]
+    assert "train/packing_efficiency" in tags and "train/samples_per_step" in tags
+    assert events.Scalars("train/samples_per_step")[0].value == logged["samples_per_step"]
