@@ -237,6 +237,10 @@ class DataSection:
     check_images: bool = _key(True, "Check every image exists and has the recorded width / height.",
                               ours="check_images")
     dataset_num_proc: int = _key(1, "Processes for dataset preprocessing.", swift="dataset_num_proc", ge=1)
+    length_cache_dir: Optional[str] = _key(".cache/swiftpack", "Cache of exact sample lengths for packing, "
+                                                               "shared with analyze_token_lengths.py --cache_dir (keyed "
+                                                               "by data bytes, tokenizer, options and code); null: no "
+                                                               "cache.", ours="length_cache_dir", path=True)
 
 
 @dataclass(frozen=True)

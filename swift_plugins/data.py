@@ -398,9 +398,11 @@ def iter_records(path, *, on_error: str = "raise", report_path=None, check_image
     - ``stream.summary``: read / valid / skipped / skipped_by_kind / blank_lines, so callers can log
       ``samples in = valid + skipped``. Blank lines are not records: counted, never reported.
 
-    >>> stream = iter_records("train.jsonl", on_error="skip")      # doctest: +SKIP
-    >>> rows = [to_swift_row(r, base_dir=stream.base_dir, sample_key=n) for n, r in stream]
-    >>> print(stream.summary.log_line())
+    Usage::
+
+        stream = iter_records("train.jsonl", on_error="skip")
+        rows = [to_swift_row(r, base_dir=stream.base_dir, sample_key=n) for n, r in stream]
+        print(stream.summary.log_line())
     """
     return RecordStream(path, on_error=on_error, report_path=report_path, check_images=check_images,
                         base_dir=base_dir)

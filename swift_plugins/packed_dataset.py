@@ -209,6 +209,7 @@ class PackedDataset:
             sample_plan.plan = pack_count_multiple_of(sample_plan.plan, sample_plan.lengths, self.world_size)
         self.base_dir = os.path.dirname(os.path.abspath(sample_plan.path))
         self._offsets = line_offsets(sample_plan.path)
+        self._answers: Optional[DetectionAnswerCounter] = None  # built on first split piece (rare)
         self.epoch = 0
         self.order = self.epoch_order(0)
 
@@ -263,11 +264,11 @@ class PackedDataset:
         record = data_mod.parse_record(read_line(self.sp.path, self._offsets, line), path=self.sp.path, line=line)
         opts = self.conversation.to_dict()
         if part >= 0:
-            counter = self.counter
-            answers = DetectionAnswerCounter(counter.text_tokens)
-            frame = counter.frame("<image>" + self.conversation.resolved_prompt, 1)
-            record = split_pieces(record, line, self.conversation, counter, answers, frame, self.sp.plan.max_length,
-                                  self.sp.path)[part]
+            if self._answers is None:
+                self._answers = DetectionAnswerCounter(self.counter.text_tokens)
+            frame = self.counter.frame("<image>" + self.conversation.resolved_prompt, 1)
+            record = split_pieces(record, line, self.conversation, self.counter, self._answers, frame,
+                                  self.sp.plan.max_length, self.sp.path)[part]
             opts["object_ordering"] = "none"  # pieces are already in conversation order
         return data_mod.to_swift_row(record, base_dir=self.base_dir, sample_key=line, **opts)
 
@@ -315,7 +316,7 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
     rank = dist.get_rank() if dist.is_initialized() else 0
     conversation = opts.conversation_options()
     counter = LengthCounter.from_template(template)
-    cache_dir = os.path.join(".cache", "swiftpack")
+    cache_dir = opts.length_cache_dir
     common = dict(strategy=opts.packing_strategy, seed=opts.packing_seed,
                   buffer_size=opts.packing_buffer or None, overlong=opts.packing_overlong,
                   on_error=opts.on_error, check_images=opts.check_images, cache_dir=cache_dir)

@@ -418,6 +418,7 @@ def test_runtime_options_and_sidecar_round_trip(cfg, tmp_path):
     assert dataclasses.asdict(options) == {
         "packing": True, "global_max_length": 20000, "packing_buffer": 256, "packing_min_fill_ratio": 0.7,
         "packing_drop_last": True, "eval_packing": False, "packing_strategy": "greedy", "packing_seed": 42, "packing_overlong": "drop",
+        "length_cache_dir": ".cache/swiftpack",
         "save_delay_steps": 50, "log_data_order": False, "on_error": "raise", "skip_report_dir": None,
         "check_images": True, "train_jsonl": "data/train.jsonl", "val_jsonl": None, "prompt": "Find all.",
         "object_ordering": "random", "emit_norm": "norm1000", "conversation_seed": 3, "coord_tokens": False,

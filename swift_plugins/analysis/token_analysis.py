@@ -37,7 +37,17 @@ from swift_plugins.packing import STRATEGIES, plan_packs
 
 logger = logging.getLogger("swiftpack.analysis")
 
-DEFAULT_MAX_LENGTHS = (12000, 16000, 20000, 24000)
+AUTO_MAX_LENGTH_FACTORS = (1.5, 2.0, 2.5, 3.0)
+
+
+def auto_max_lengths(total_tokens: np.ndarray, step: int = 1000) -> list[int]:
+    """Lengths around the distribution: 1.5, 2, 2.5 and 3 x the p99 sample, rounded up to ``step``.
+
+    >>> auto_max_lengths(np.array([7888.1]))  # the seeds' LVIS p99 -> the lengths they simulated
+    [12000, 16000, 20000, 24000]
+    """
+    p99 = float(np.percentile(total_tokens, 99)) if len(total_tokens) else float(step)
+    return sorted({max(step, math.ceil(p99 * f / step) * step) for f in AUTO_MAX_LENGTH_FACTORS})
 
 
 # ------------------------------------------------------------------------------- pure parts
@@ -216,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--emit_norm", default="none", choices=("none", "norm1000"), help="coordinate format")
     g.add_argument("--seed", type=int, default=0, help="seed for object ordering and packing plans")
     g = p.add_argument_group("packing simulation")
-    g.add_argument("--max_lengths", type=_int_list, default=list(DEFAULT_MAX_LENGTHS),
-                   help="comma-separated global_max_length values to simulate")
+    g.add_argument("--max_lengths", type=_int_list, default="auto",
+                   help="comma-separated global_max_length values to simulate; auto: 1.5, 2, 2.5 and 3 x the "
+                        "p99 sample length rounded up to 1,000 (12k/16k/20k/24k for the seeds' LVIS)")
     g.add_argument("--strategies", type=_str_list, default=list(STRATEGIES), help=f"subset of {list(STRATEGIES)}")
     g.add_argument("--packing_buffer", type=int, default=256,
                    help="also simulate bfd planned in windows of this many samples (0 = skip)")
@@ -249,7 +260,9 @@ def parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
-def _int_list(s: str) -> list[int]:
+def _int_list(s: str):
+    if s == "auto":
+        return s
     try:
         values = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
@@ -350,6 +363,9 @@ def run(args: argparse.Namespace) -> dict:
         f"p95 {stats['p95_total_tokens']}, p99 {stats['p99_total_tokens']}, max {stats['max_total_tokens']}; "
         f"image mean {stats['mean_image_tokens']}, text mean {stats['mean_text_tokens']}")
 
+    if args.max_lengths == "auto":
+        args.max_lengths = auto_max_lengths(total)
+        log(f"max lengths (auto, around p99 {stats['p99_total_tokens']}): {args.max_lengths}")
     t0 = time.perf_counter()
     sims = simulate(total, args.max_lengths, args.strategies, seed=args.seed,
                     effective_batch_size=args.effective_batch_size, num_train_epochs=args.num_train_epochs,

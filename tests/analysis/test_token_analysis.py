@@ -123,3 +123,8 @@ def test_help_explains_every_flag(capsys):
     for flag in ("--model_path", "--train_jsonl", "--output_dir", "--max_samples", "--num_workers", "--on_error",
                  "--clear-cache", "--max_lengths", "--strategies", "--packing_buffer", "--effective_batch_size"):
         assert flag in text
+
+
+def test_auto_max_lengths_bracket_the_p99():
+    assert token_analysis.auto_max_lengths(np.array([7888.1])) == [12000, 16000, 20000, 24000]
+    assert token_analysis.auto_max_lengths(np.arange(1, 101)) == [1000]  # p99 99.01 -> all round up to 1,000
