@@ -59,8 +59,9 @@ class DatasetLengths:
 _WORKER: dict = {}
 
 
-def _init_worker(state: dict) -> None:
-    _WORKER["counter"] = LengthCounter.from_state(state["counter"])
+def _init_worker(state: dict, counter: Optional[LengthCounter] = None) -> None:
+    """Worker globals; in-process (``counter`` given) the caller's counter is reused, not re-parsed."""
+    _WORKER["counter"] = counter if counter is not None else LengthCounter.from_state(state["counter"])
     _WORKER["options"] = state["options"]
     _WORKER["path"] = state["path"]
     _WORKER["base_dir"] = state["base_dir"]
@@ -211,7 +212,8 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
             return result
 
     base_dir = os.path.dirname(os.path.abspath(path))
-    state = {"counter": counter.state(), "options": opts_dict, "path": path, "base_dir": base_dir,
+    state = {"counter": counter.state() if num_workers > 1 else None, "options": opts_dict, "path": path,
+             "base_dir": base_dir,
              "check_images": check_images, "frame": frame}
     summary = ReadSummary(path=path, report_path=None if report_path is None else str(report_path))
     lines, texts, images, objects, skipped = [], [], [], [], []
@@ -237,7 +239,7 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
     done = 0
     chunks = _chunks(path, max_records)
     if num_workers <= 1:
-        _init_worker(state)
+        _init_worker(state, counter)
         for chunk in chunks:
             consume(_count_chunk(chunk))
             done += len(chunk[1])

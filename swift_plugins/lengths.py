@@ -116,24 +116,28 @@ class LengthCounter:
     only the tokenizer (picklable to worker processes via ``state()`` / ``from_state``).
     """
 
-    def __init__(self, tokenizer_json: str, rule: ImageTokenRule, frames: Optional[dict] = None, template=None):
+    def __init__(self, tokenizer, rule: ImageTokenRule, frames: Optional[dict] = None, template=None):
+        """``tokenizer``: a ``tokenizers.Tokenizer`` or its JSON string."""
         from tokenizers import Tokenizer
 
-        self._tokenizer_json = tokenizer_json
-        self._tok = Tokenizer.from_str(tokenizer_json)
+        self._tok = Tokenizer.from_str(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        self._tokenizer_json = tokenizer if isinstance(tokenizer, str) else None
         self.rule = rule
         self._frames: dict = dict(frames or {})
         self._template = template
 
     @classmethod
     def from_template(cls, template) -> "LengthCounter":
+        # The template's own Rust tokenizer, shared (no copy: parsing a 150k vocab costs ~0.1 s).
         backend = template.processor.tokenizer.backend_tokenizer
-        return cls(backend.to_str(), ImageTokenRule.from_template(template), template=template)
+        return cls(backend, ImageTokenRule.from_template(template), template=template)
 
     # -- picklable state for worker processes -------------------------------------------------
     def state(self, user_texts_and_counts: Iterable[tuple[str, int]] = ()) -> dict:
         for key in user_texts_and_counts:
             self.frame(*key)
+        if self._tokenizer_json is None:
+            self._tokenizer_json = self._tok.to_str()
         return {"tokenizer_json": self._tokenizer_json, "rule": self.rule, "frames": dict(self._frames)}
 
     @classmethod
@@ -153,6 +157,13 @@ class LengthCounter:
 
     def text_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token count of each string (no special tokens added), batched in the Rust tokenizer."""
+        if self._tok.truncation is not None or self._tok.padding is not None:
+            # a shared tokenizer left with truncation/padding on would change counts: use a clean copy
+            from tokenizers import Tokenizer
+
+            self._tok = Tokenizer.from_str(self._tok.to_str())
+            self._tok.no_truncation()
+            self._tok.no_padding()
         return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def image_tokens(self, width: int, height: int) -> int:
