@@ -13,6 +13,9 @@ from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VENV_BIN = pathlib.Path(sys.executable).parent
+# The environment before any test ran: ms-swift sets variables in-process (TENSORBOARD_LOGGING_DIR
+# with setdefault, RANK / WORLD_SIZE / NPROC_PER_NODE, ...) that must not leak into child runs.
+PRISTINE_ENV = dict(os.environ)
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +40,7 @@ def swift_cli() -> str:
 @pytest.fixture()
 def subprocess_env() -> dict:
     """Environment for child training processes: offline, single-threaded BLAS, no GPU lookups."""
-    env = dict(os.environ)
+    env = dict(PRISTINE_ENV)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MODELSCOPE_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"})
     env.pop("NPROC_PER_NODE", None)
