@@ -90,7 +90,7 @@ def loadavg() -> str:
 
 def cpu_seconds() -> float:
     """CPU time (user + system) of this process's threads and of its reaped children (datasets.map's
-    forked worker, PackingDataset's): unlike wall time, it hardly moves with other sessions' load."""
+    forked worker, PackingDataset's): it moves much less than wall time with other sessions' load."""
     import resource
 
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -372,16 +372,17 @@ def part_b(args, model, lengths, work: pathlib.Path, attn: str) -> dict:
             proc.returncode = code = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
         peak_rss_gib = usage.ru_maxrss / 2 ** 20
+        cpu = usage.ru_utime + usage.ru_stime  # the training process + its reaped dataloader worker
         if code != 0:
             raise SystemExit(f"b {name} failed (exit {code}); log: {work / f'b_{name}_{tag}.log'}\n"
                              + (work / f"b_{name}_{tag}.log").read_text()[-4000:])
         recs = [json.loads(l) for l in (out / "logging.jsonl").read_text().splitlines() if l.strip()]
         steps = [r for r in recs if "loss" in r]
         runtime = next(r["train_runtime"] for r in recs if "train_runtime" in r)
-        return out, steps, runtime, wall, peak_rss_gib
+        return out, steps, runtime, wall, peak_rss_gib, cpu
 
     def padded_run(r):
-        out, steps, runtime, wall, rss = train(f"padded{r}", CFG_PADDING, "--template.max_length", L,
+        out, steps, runtime, wall, rss, cpu = train(f"padded{r}", CFG_PADDING, "--template.max_length", L,
                                           "--template.truncation_strategy", "delete",
                                           # data order by JSONL line (the trainer still shuffles batches),
                                           # logged, so the padded positions can be counted
@@ -394,10 +395,11 @@ def part_b(args, model, lengths, work: pathlib.Path, attn: str) -> dict:
         positions = sum(len(b) * max(sel[i] for i in b) for b in batches)  # right padding to the batch's longest
         log(f"b padded: {n} samples / {runtime:.1f} s = {n / runtime:.3f} samples/s")
         return {"mode": "padded", "samples": n, "train_runtime": runtime, "wall": wall, "steps": len(steps),
-                "positions": positions, "samples_per_s": n / runtime, "peak_rss_gib": rss, "load_after": loadavg()}
+                "positions": positions, "samples_per_s": n / runtime, "peak_rss_gib": rss, "cpu_s": cpu,
+                "load_after": loadavg()}
 
     def packed_run(r):
-        out, steps, runtime, wall, rss = train(f"packed{r}", CFG_PACKING, "--training.global_max_length", L)
+        out, steps, runtime, wall, rss, cpu = train(f"packed{r}", CFG_PACKING, "--training.global_max_length", L)
         summary = json.loads((out / "packing" / "summary.json").read_text())["train"]
         packed = summary["samples_packed"]
         logged = int(sum(x["samples_per_step"] for x in steps))
@@ -407,7 +409,8 @@ def part_b(args, model, lengths, work: pathlib.Path, attn: str) -> dict:
         return {"mode": "packed", "samples": packed, "train_runtime": runtime, "wall": wall, "steps": len(steps),
                 "packs": summary["num_packs"], "efficiency": summary["efficiency"],
                 "positions": sum(sel),  # padding-free rows: a pack is exactly its samples' tokens
-                "samples_per_s": packed / runtime, "peak_rss_gib": rss, "load_after": loadavg()}
+                "samples_per_s": packed / runtime, "peak_rss_gib": rss, "cpu_s": cpu,
+                "load_after": loadavg()}
 
     # ABBA order (padded, packed, packed, padded, ...) so a load drift on a shared machine hits both alike
     runs = []
@@ -421,6 +424,7 @@ def part_b(args, model, lengths, work: pathlib.Path, attn: str) -> dict:
                      "positions": sum(x["positions"] for x in mine)}
         res[mode]["samples_per_s"] = res[mode]["samples"] / res[mode]["train_runtime"]
         res[mode]["positions_per_s"] = res[mode]["positions"] / res[mode]["train_runtime"]
+        res[mode]["cpu_s"] = sum(x["cpu_s"] for x in mine)
     res["ratio"] = res["packed"]["samples_per_s"] / res["padded"]["samples_per_s"]
     return res
 
@@ -519,21 +523,24 @@ def report(results: dict, args) -> str:
             out += [f"### (b) training throughput ({key[2:]}): {r['records']} records <= {L} tokens, one epoch per run "
                     f"({r['tokens']:,} tokens, mean {r['mean_len']:.0f}, max {r['max_len']})", "",
                     "| run (in order) | samples | optimizer steps | positions computed | train_runtime (s) | samples/s "
-                    "| positions/s | peak RSS (GiB) | wall (s) | load after |",
-                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                    "| positions/s | peak RSS (GiB) | wall (s) | CPU s (whole process) | load after |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
             for x in r["runs"]:
                 name = ("padded (sft_padding.yaml, batch 2)" if x["mode"] == "padded" else
                         f"packed (sft_packing.yaml, {x['packs']} packs, efficiency {x['efficiency']:.2%})")
                 out.append(f"| {name} | {x['samples']} | {x['steps']} | {x['positions']:,} | {x['train_runtime']:.1f} | "
                            f"{x['samples_per_s']:.3f} | {x['positions'] / x['train_runtime']:.0f} | "
-                           f"{x['peak_rss_gib']:.1f} | {x['wall']:.1f} | "
+                           f"{x['peak_rss_gib']:.1f} | {x['wall']:.1f} | {x['cpu_s']:.1f} | "
                            f"{x['load_after']} |")
             p, d = r["packed"], r["padded"]
             out += ["", f"All runs: padded {d['samples']} samples / {d['train_runtime']:.1f} s = "
                     f"{d['samples_per_s']:.3f} samples/s ({d['positions_per_s']:.0f} positions/s); packed "
                     f"{p['samples']} / {p['train_runtime']:.1f} s = {p['samples_per_s']:.3f} samples/s "
                     f"({p['positions_per_s']:.0f} positions/s). packed / padded samples/s: **{r['ratio']:.2f}x** "
-                    f"(positions computed, padded / packed: {d['positions'] / p['positions']:.2f}x)", ""]
+                    f"(positions computed, padded / packed: {d['positions'] / p['positions']:.2f}x). CPU seconds of "
+                    f"the whole processes (start-up included; less sensitive to other sessions' load than "
+                    f"train_runtime): padded {d['cpu_s']:.0f}, packed {p['cpu_s']:.0f}, padded / packed "
+                    f"{d['cpu_s'] / p['cpu_s']:.2f}x", ""]
     pr = results.get("profile")
     if pr:
         out += [f"### profile: one forward + backward of the model ({pr['attn']}), random text tokens", "",
