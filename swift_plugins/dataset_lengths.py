@@ -232,7 +232,7 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
             error, raw = res[2], res[3]
             if on_error == "raise":
                 raise error
-            skipped.append(_skipped(error, raw))
+            skipped.append(skipped_record(error, raw))
             summary.skipped += 1
             summary.skipped_by_kind[error.kind] = summary.skipped_by_kind.get(error.kind, 0) + 1
 
@@ -265,7 +265,8 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
     return result
 
 
-def _skipped(error: RecordError, raw: bytes) -> SkippedRecord:
+def skipped_record(error: RecordError, raw: bytes) -> SkippedRecord:
+    """The skip-report entry of a bad record (raw line cut at RAW_REPORT_CHARS, cut marked)."""
     text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
     limit = data_mod.RAW_REPORT_CHARS
     if len(text) > limit:

@@ -36,7 +36,7 @@ import numpy as np
 
 from swift_plugins import data as data_mod
 from swift_plugins.data import ConversationOptions, RecordError, atomic_write_text
-from swift_plugins.dataset_lengths import count_dataset, record_length
+from swift_plugins.dataset_lengths import count_dataset, record_length, skipped_record
 from swift_plugins.lengths import DetectionAnswerCounter, LengthCounter
 from swift_plugins.packing import PackPlan, deal_packs, plan_packs
 
@@ -78,7 +78,7 @@ class SamplePlan:
         st = self.plan.stats(self.lengths)
         return {
             "jsonl": self.path, "records_read": self.read_summary["read"],
-            "records_skipped": self.read_summary["skipped"] + (len(self.skipped) - self.read_summary["skipped"]),
+            "records_skipped": len(self.skipped),  # the validator's skips + unsplittable records
             "records_split": self.split_records, "samples": int(len(self.lengths)),
             "samples_packed": st["num_packed"], "samples_dropped": st["samples_dropped"],
             "dropped_by_reason": st["dropped_by_reason"], "num_packs": st["num_packs"],
@@ -129,7 +129,7 @@ def _split_overlong(path, counter, conversation, lines, lengths, max_length, on_
         except RecordError as e:
             if on_error == "raise":
                 raise
-            unsplittable.append(_skipped_record(e, raw))
+            unsplittable.append(skipped_record(e, raw))
             continue
         split_count += 1
         for p, piece in enumerate(pieces):
@@ -145,11 +145,6 @@ def split_pieces(record, line, conversation, counter, answers, frame, max_length
         record, max_length=max_length, object_ordering=conversation.object_ordering, seed=conversation.seed,
         sample_key=line, path=path, line=line,
         length_of=lambda r: record_length(r, counter, answers, frame, conversation.emit_norm))
-
-
-def _skipped_record(error: RecordError, raw: bytes):
-    text = raw.decode("utf-8", errors="replace").rstrip("\r\n")[: data_mod.RAW_REPORT_CHARS]
-    return data_mod.SkippedRecord(error.path, error.line, error.field, error.kind, error.message, text)
 
 
 def pack_count_multiple_of(plan: PackPlan, lengths, multiple: int) -> PackPlan:
@@ -327,15 +322,13 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
             kw.update(min_fill_ratio=opts.packing_min_fill_ratio, drop_last=opts.packing_drop_last)
         else:
             kw.update(buffer_size=None)  # eval: plan globally, keep every pack
-        if dist.is_initialized() and world_size > 1:
-            # rank 0 counts and fills the cache; the others then read it (same numbers, less work)
-            if rank == 0:
-                result = build_sample_plan(path, counter, conversation, global_max_length=opts.global_max_length, **kw)
+        distributed = dist.is_initialized() and world_size > 1
+        if distributed and rank != 0:
+            dist.barrier()  # rank 0 counts first and fills the cache; the others then read it
+        result = build_sample_plan(path, counter, conversation, global_max_length=opts.global_max_length, **kw)
+        if distributed and rank == 0:
             dist.barrier()
-            if rank != 0:
-                result = build_sample_plan(path, counter, conversation, global_max_length=opts.global_max_length, **kw)
-            return result
-        return build_sample_plan(path, counter, conversation, global_max_length=opts.global_max_length, **kw)
+        return result
 
     train_plan = plan(opts.train_jsonl, True)
     train = PackedDataset(train_plan, template, conversation, world_size=world_size, seed=opts.packing_seed,
