@@ -11,7 +11,7 @@ Parts (same run, same model, same data; seconds are wall clock):
             absolute image paths), both sides starting from the same loaded template
             (``dataset_lengths.load_template``, ``--max_pixels``), not counted for either.
             ours:     ``LengthCounter.from_template`` + ``count_dataset`` (empty cache, image headers
-                      checked, 1 process, as training does) + ``plan_packs`` (bfd, buffer 64,
+                      checked, 1 process, as training does) + ``plan_packs`` (bfd, the tiny config's buffer,
                       overlong drop); also the shipped config's ``build_sample_plan`` (overlong split).
                       Best of ``--repeat``.
             ms-swift: ``AddLengthPreprocessor`` over an HF dataset of the same rows
@@ -80,7 +80,6 @@ CFG_PACKING = REPO / "configs" / "tiny" / "sft_packing.yaml"
 CFG_PADDING = REPO / "configs" / "tiny" / "sft_padding.yaml"
 PARTS = ("a_inproc", "a_launch", "b", "profile")
 DEFAULT_PARTS = ("a_inproc", "a_launch", "b")
-BUFFER = 64  # configs/tiny/sft_packing.yaml packing_buffer
 
 
 def loadavg() -> str:
@@ -130,7 +129,10 @@ def part_a_inproc(args, model: pathlib.Path, data: pathlib.Path, messages: pathl
     from swift_plugins.dataset_lengths import count_dataset, load_template
     from swift_plugins.lengths import LengthCounter
     from swift_plugins.packed_dataset import build_sample_plan
+    from swift_plugins.config import resolve_config
     from swift_plugins.packing import plan_packs
+
+    buffer = resolve_config(str(CFG_PACKING), world_size=1).config.training.packing_buffer
 
     L = args.global_max_length
     t = time.perf_counter()
@@ -177,7 +179,7 @@ def part_a_inproc(args, model: pathlib.Path, data: pathlib.Path, messages: pathl
         t1 = time.perf_counter()
         counted = count_dataset(data, counter, ConversationOptions(), check_images=True, cache_dir=cache)
         t2 = time.perf_counter()
-        plan = plan_packs(counted.total_tokens, L, strategy="bfd", seed=0, buffer_size=BUFFER, overlong="drop")
+        plan = plan_packs(counted.total_tokens, L, strategy="bfd", seed=0, buffer_size=buffer, overlong="drop")
         t3 = time.perf_counter()
         cpu = cpu_seconds() - c0
         assert not counted.from_cache
@@ -190,7 +192,7 @@ def part_a_inproc(args, model: pathlib.Path, data: pathlib.Path, messages: pathl
         t0 = time.perf_counter()
         counter = LengthCounter.from_template(template)
         sp = build_sample_plan(data, counter, ConversationOptions(), global_max_length=L, strategy="bfd", seed=0,
-                               buffer_size=BUFFER, overlong="split", check_images=True, cache_dir=cache)
+                               buffer_size=buffer, overlong="split", check_images=True, cache_dir=cache)
         split_runs.append(time.perf_counter() - t0)
         log(f"ours as shipped config (overlong split) run {r + 1}: {split_runs[-1]:.2f} s")
     ours_lengths = counted.total_tokens
@@ -209,7 +211,7 @@ def part_a_inproc(args, model: pathlib.Path, data: pathlib.Path, messages: pathl
     best_cpu = min(r["cpu"] for r in ours_runs)
     return {
         "ours_best_cpu_s": best_cpu, "ratio_cpu": swift["cpu"] / best_cpu,
-        "records": int(len(ours_lengths)), "template_load_s": t_template,
+        "records": int(len(ours_lengths)), "template_load_s": t_template, "buffer": buffer,
         "ours_runs": ours_runs, "ours_best_s": best, "ours_split_runs_s": split_runs,
         "ours_split_best_s": min(split_runs), "ours_split_summary": split_summary,
         "swift": swift, "ratio": swift["total"] / best, "ratio_split": swift["total"] / min(split_runs),
@@ -489,7 +491,7 @@ def report(results: dict, args) -> str:
                 "| side | seconds | breakdown | time / ours |", "|---|---:|---|---:|"]
         best = min(a["ours_runs"], key=lambda r: r["total"])
         runs = ", ".join(f"{r['total']:.2f}" for r in a["ours_runs"])
-        out.append(f"| ours: count_dataset (cold cache, image headers checked) + plan_packs (bfd, buffer {BUFFER}, "
+        out.append(f"| ours: count_dataset (cold cache, image headers checked) + plan_packs (bfd, buffer {a['buffer']}, "
                    f"overlong drop) | {a['ours_best_s']:.2f} | LengthCounter {best['counter']:.2f} + count_dataset "
                    f"{best['count']:.2f} + plan {best['plan']:.3f}; runs: {runs} | 1.0 |")
         runs = ", ".join(f"{r:.2f}" for r in a["ours_split_runs_s"])

@@ -18,7 +18,8 @@ logit difference to separate runs 3e-7 (sdpa and eager) vs 0.82 with ms-swift's 
 Nothing else changes: labels keep each sample's first token at -100 (its prompt), so no token
 learns across a boundary, and the loss is ms-swift's token mean. Equivalence (fp32, tiny model):
 packed logits equal each sample run alone, and loss + gradients equal the unpacked batch
-(``tests/test_template_isolation.py``).
+(``tests/test_template_isolation.py``; for flash-attention on CPU through a plain-torch kernel of
+its varlen semantics, with the real kernel under the ``gpu`` marker).
 """
 from __future__ import annotations
 

@@ -106,6 +106,90 @@ def test_packed_row_keeps_every_image_block_whole(tiny_model_dir, tmp_path):
     assert starts == [0] + [sum(e["length"] for e in encoded[:k]) for k in range(1, len(encoded))]
 
 
+FLASH_REFERENCE = "flash_varlen_reference"  # has "flash" in it: every flash-only branch of transformers is taken
+
+
+def _flash_varlen_reference(module, query, key, value, attention_mask, *, scaling=None, dropout=0.0,
+                            cu_seq_lens_q=None, cu_seq_lens_k=None, position_ids=None, is_causal=None, **_):
+    """What flash-attn's kernels compute, written in plain torch (flash-attn does not build on CPU).
+
+    Mirrors transformers' ``_flash_attention_forward`` dispatch for batch 1 without padding:
+    ``cu_seq_lens`` given -> varlen over those segments; else packed ``position_ids`` -> segments
+    where they restart; else one segment. Each segment attends only to itself (causal for text).
+    It never reads a 4-D mask, so a sample boundary must come through the kwargs, as with flash-attn.
+    """
+    from transformers.modeling_flash_attention_utils import _is_packed_sequence, prepare_fa_kwargs_from_position_ids
+
+    assert attention_mask is None, "flash-attn gets no mask for an unpadded row"
+    assert query.shape[0] == 1 and not (module.training and dropout)
+    n = query.shape[2]
+    if cu_seq_lens_q is not None:
+        assert torch.equal(cu_seq_lens_q, cu_seq_lens_k)
+        cu = cu_seq_lens_q
+    elif _is_packed_sequence(position_ids, 1):
+        (cu, _), _ = prepare_fa_kwargs_from_position_ids(position_ids)
+    else:
+        cu = torch.tensor([0, n])
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    bounds = cu.tolist()
+    assert bounds[0] == 0 and bounds[-1] == n
+    out = [torch.nn.functional.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
+                                                            is_causal=causal, scale=scaling)
+           for s, e in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(out, dim=2).transpose(1, 2).contiguous(), None
+
+
+def test_packed_batch_hands_flash_attention_the_sample_boundaries(tiny_model_dir, tmp_path):
+    """The collated pack carries what flash-attn's varlen path needs: no mask, cu_seq_lens at every sample start."""
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    _, template, encoded = _setup(tiny_model_dir, tmp_path, "sdpa")
+    batch = _collate(template, encoded, True)
+    lengths = [e["length"] for e in encoded]
+    bounds = [sum(lengths[:k]) for k in range(len(lengths) + 1)]
+    assert "attention_mask" not in batch
+    assert batch["cu_seq_lens_q"].tolist() == batch["cu_seq_lens_k"].tolist() == bounds
+    assert int(batch["max_length_q"]) == int(batch["max_length_k"]) == max(lengths)
+    # the text row of position_ids (what the decoder layers get) restarts at the same places
+    (from_positions, _), _ = prepare_fa_kwargs_from_position_ids(batch["position_ids"][0])
+    assert from_positions.tolist() == bounds
+
+
+@pytest.mark.parametrize("boundaries_from", ["cu_seq_lens", "position_ids"])
+def test_flash_attention_reference_packed_logits_equal_each_sample_alone(tiny_model_dir, tmp_path, boundaries_from):
+    """Flash-attn's varlen semantics on CPU: the model, collator and kwargs plumbing are real, the kernel is torch."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(FLASH_REFERENCE, _flash_varlen_reference)
+    AttentionMaskInterface.register(FLASH_REFERENCE, flash_attention_mask)
+    model, template, encoded = _setup(tiny_model_dir, tmp_path, "sdpa")
+    # set on the configs the modules read (set_attn_implementation would try to fetch a hub kernel)
+    for config in (model.config, model.config.text_config, model.config.vision_config):
+        config._attn_implementation = FLASH_REFERENCE
+    assert model.config.text_config._attn_implementation == model.config.vision_config._attn_implementation == \
+        FLASH_REFERENCE
+    calls = []
+    model.model.language_model.layers[0].self_attn.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(sorted(k for k in kwargs if k.startswith("cu_seq_lens"))),
+        with_kwargs=True)
+    if boundaries_from == "position_ids":  # transformers' fallback: segments where the text positions restart
+        collate = template.data_collator
+
+        def without_cu_seq_lens(batch, **kwargs):
+            res = collate(batch, **kwargs)
+            for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"):
+                res.pop(key, None)
+            return res
+
+        template.data_collator = without_cu_seq_lens
+    assert max(_segment_diffs(model, template, encoded)) <= 1e-4
+    expected = ["cu_seq_lens_k", "cu_seq_lens_q"] if boundaries_from == "cu_seq_lens" else []
+    assert calls[-1] == expected  # the packed forward (the last one) reached the layer as intended
+
+
 @pytest.mark.gpu
 def test_flash_attention_packed_logits_equal_each_sample_alone(tiny_model_dir, tmp_path):
     if not torch.cuda.is_available():
