@@ -10,11 +10,11 @@ from swift_plugins.template import TEMPLATE_TYPE, register
 SIZES = [(64, 96), (128, 64), (96, 96), (32, 160)]
 
 
-def _setup(tiny_model_dir, tmp_path, attn_impl, device="cpu"):
+def _setup(tiny_model_dir, tmp_path, attn_impl, device="cpu", dtype=torch.float32):
     from swift import get_model_processor, get_template
 
     register()
-    model, processor = get_model_processor(str(tiny_model_dir), model_type="qwen3_vl", torch_dtype=torch.float32,
+    model, processor = get_model_processor(str(tiny_model_dir), model_type="qwen3_vl", torch_dtype=dtype,
                                            attn_impl=attn_impl, device_map=device)
     template = get_template(processor, template_type=TEMPLATE_TYPE)
     template.set_mode("train")
@@ -194,6 +194,5 @@ def test_flash_attention_reference_packed_logits_equal_each_sample_alone(tiny_mo
 def test_flash_attention_packed_logits_equal_each_sample_alone(tiny_model_dir, tmp_path):
     if not torch.cuda.is_available():
         pytest.fail("the gpu marker needs a CUDA device")
-    model, template, encoded = _setup(tiny_model_dir, tmp_path, "flash_attn", device="cuda")
-    model.to(torch.bfloat16)
+    model, template, encoded = _setup(tiny_model_dir, tmp_path, "flash_attn", device="cuda", dtype=torch.bfloat16)
     assert max(_segment_diffs(model, template, encoded)) <= 5e-2  # bf16 kernels
