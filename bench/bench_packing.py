@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import math
 import os
 import sys
@@ -31,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from swift_plugins.analysis.report import read_sample_stats  # noqa: E402
 from swift_plugins.packing import deal_packs, plan_packs, step_costs  # noqa: E402
 
 MAX_LENGTHS = (12000, 20000, 24000)
@@ -50,27 +50,6 @@ def lvis_like_lengths(n: int = 99_388, seed: int = 0) -> np.ndarray:
     is_tail = rng.random(n) < 0.008
     x = np.where(is_tail, rng.lognormal(np.log(9000), 0.75, n), rng.lognormal(np.log(850), 0.87, n))
     return np.clip(np.rint(x), 64, 66_930).astype(np.int64)
-
-
-def load_sample_stats(path: str) -> np.ndarray:
-    """``total_tokens`` of every line of a sample_stats.jsonl, with file:line errors."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            v = rec.get("total_tokens") if isinstance(rec, dict) else None
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{path}:{lineno}: field 'total_tokens' must be a non-negative integer, got {v!r}; "
-                                 f"regenerate the file with the analysis tool")
-            out.append(v)
-    if not out:
-        raise ValueError(f"{path}: no samples (empty file)")
-    return np.asarray(out, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- competitors
@@ -266,7 +245,9 @@ def main(argv=None) -> int:
 
     if args.sample_stats:
         try:
-            lengths, source = load_sample_stats(args.sample_stats), args.sample_stats
+            lengths, source = read_sample_stats(args.sample_stats)[:, 2], args.sample_stats
+            if not len(lengths):
+                raise ValueError(f"{args.sample_stats}: no samples (empty file)")
         except (OSError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

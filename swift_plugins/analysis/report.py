@@ -86,6 +86,33 @@ class Analysis:
         return self.recommendations.get("recommended")
 
 
+SAMPLE_STATS_COLUMNS = ("text_tokens", "image_tokens", "total_tokens")
+
+
+def read_sample_stats(path: str) -> np.ndarray:
+    """``SAMPLE_STATS_COLUMNS`` of every line of a sample_stats.jsonl as an (n, 3) int64 array.
+
+    ``{"line": 1, "text_tokens": 40, "image_tokens": 64, "total_tokens": 104, ...}`` -> ``[[40, 64, 104]]``.
+    A bad line is a ValueError naming file:line, the field and the fix.
+    """
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); {ANALYZE_HINT}") from None
+            row = [record.get(name) if isinstance(record, dict) else None for name in SAMPLE_STATS_COLUMNS]
+            for name, v in zip(SAMPLE_STATS_COLUMNS, row):
+                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                    raise ValueError(f"{path}:{lineno}: field {name!r} must be a non-negative integer, got {v!r}; "
+                                     f"{ANALYZE_HINT}")
+            rows.append(row)
+    return np.asarray(rows, dtype=np.int64).reshape(-1, len(SAMPLE_STATS_COLUMNS))
+
+
 def load_analysis(input_dir: str) -> Analysis:
     """Read an analysis folder: a missing file is a FileNotFoundError, an inconsistent one a ValueError,
     each naming the file and the fix."""
@@ -102,18 +129,8 @@ def load_analysis(input_dir: str) -> Analysis:
             raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}; {ANALYZE_HINT}") from None
 
     stats, sims, rec = load("dataset_stats.json"), load("packing_simulations.json"), load("recommendations.json")
-    rows = []
     path = os.path.join(input_dir, "sample_stats.jsonl")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                rows.append((int(r["text_tokens"]), int(r["image_tokens"]), int(r["total_tokens"])))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{lineno}: not a sample_stats row ({e}); {ANALYZE_HINT}") from None
-    arr = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+    arr = read_sample_stats(path)
     if len(arr) != stats["num_samples"]:
         raise ValueError(f"{path}: {len(arr)} rows but dataset_stats.json says num_samples {stats['num_samples']}; "
                          f"the folder mixes two analyses: {ANALYZE_HINT}")

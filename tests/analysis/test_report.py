@@ -363,3 +363,26 @@ def test_equivalence_doc_prose_states_the_mechanism_and_quotes_no_numbers(repo_r
     prose = prose.replace("ms-swift 4.6", "").replace("transformers 5.x", "").replace("arXiv 2410.08081", "")
     numbers = {m.rstrip(".,") for m in re.findall(r"(?<![\w.-])\d[\d,.]*(?![\w])", prose)}
     assert numbers <= {"0", "1", "2"}, numbers  # formulas only (x + 1, 1/2); results live in generated files
+
+
+def test_read_sample_stats_exact_rows_and_errors(tmp_path):
+    path = tmp_path / "sample_stats.jsonl"
+    path.write_text('{"line": 1, "text_tokens": 40, "image_tokens": 64, "total_tokens": 104, "num_objects": 2}\n'
+                    '\n'
+                    '{"line": 3, "text_tokens": 7, "image_tokens": 0, "total_tokens": 7}\n')
+    rows = report.read_sample_stats(str(path))
+    assert rows.dtype == np.int64 and rows.tolist() == [[40, 64, 104], [7, 0, 7]]
+    path.write_text("")
+    assert report.read_sample_stats(str(path)).shape == (0, 3)
+    bad = {'{"text_tokens": 1, "image_tokens": 2, "total_tokens": 3.0}':
+           "field 'total_tokens' must be a non-negative integer, got 3.0",
+           '{"text_tokens": true, "image_tokens": 2, "total_tokens": 3}':
+           "field 'text_tokens' must be a non-negative integer, got True",
+           '{"text_tokens": 1, "total_tokens": 3}': "field 'image_tokens' must be a non-negative integer, got None",
+           '[1, 2, 3]': "field 'text_tokens' must be a non-negative integer, got None",
+           '{"text_tokens": 1,': "not valid JSON"}
+    for line, message in bad.items():
+        path.write_text('{"text_tokens": 1, "image_tokens": 2, "total_tokens": 3}\n' + line + "\n")
+        with pytest.raises(ValueError) as e:
+            report.read_sample_stats(str(path))
+        assert str(e.value).startswith(f"{path}:2: {message}") and report.ANALYZE_HINT in str(e.value)
