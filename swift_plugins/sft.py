@@ -9,8 +9,10 @@ Multi-GPU: ``torchrun --nproc_per_node=4 -m swift_plugins.sft --config configs/d
     --export_flat OUT.yaml  write a flat YAML for plain `swift sft OUT.yaml` (+ sidecar + plugin)
     --world_size N          world size for --print_config / --export_flat previews
 
-Config problems, a missing file and launcher mistakes are reported (all at once) before torch or
-ms-swift are imported; exit status 2. The run itself is :func:`swift_plugins.sft_pipeline.run_resolved`.
+Config problems, a missing file and launcher mistakes are reported (all at once, one ``error:``
+line each) before torch or ms-swift are imported; exit status 2. A bad record found while
+planning is reported the same way. The run itself is
+:func:`swift_plugins.training.pipeline.run_resolved`.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import shlex
 import sys
 from typing import List, Mapping, Optional, Sequence
 
-from .config import (CLI_FLAGS, ConfigError, Issue, ResolvedConfig, export_flat, missing_paths, parse_cli,
-                     render_config, resolve_config, resolve_world_size)
+from swift_plugins.config import (CLI_FLAGS, ConfigError, Issue, ResolvedConfig, export_flat, missing_paths,
+                                  parse_cli, render_config, resolve_config, resolve_world_size, world_size_from_env)
+from swift_plugins.errors import run_main
 
 __all__ = ["launch_issues", "main"]
 
@@ -51,7 +54,7 @@ def launch_issues(environ: Mapping[str, str], world_size_flag: Optional[int]) ->
                                 f"is set ({environ['NPROC_PER_NODE']}) but python -m swift_plugins.sft does not start "
                                 f"processes; unset it and launch with torchrun --nproc_per_node="
                                 f"{environ['NPROC_PER_NODE']} -m swift_plugins.sft ..."))
-    actual = int(environ.get("WORLD_SIZE") or 1)
+    actual = world_size_from_env(environ)
     if world_size_flag is not None and world_size_flag != actual:
         issues.append(Issue("command line", "--world_size",
                             f"{world_size_flag} does not match this run's world size {actual} (torchrun's WORLD_SIZE); "
@@ -60,25 +63,15 @@ def launch_issues(environ: Mapping[str, str], world_size_flag: Optional[int]) ->
     return issues
 
 
-def _report(issues: Sequence[Issue]) -> None:
-    print(f"swift_plugins.sft: {len(issues)} problem(s):", file=sys.stderr)
-    for issue in issues:
-        print(f"  {issue}", file=sys.stderr)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    try:
-        cli = parse_cli(argv)
-        world_size, world_size_source = resolve_world_size(cli.world_size, os.environ)
-        resolved: ResolvedConfig = resolve_config(cli.config, cli.overrides, world_size=world_size,
-                                                  world_size_source=world_size_source)
-    except ConfigError as e:
-        _report(e.issues)
-        return 2
+    cli = parse_cli(argv)
+    world_size, world_size_source = resolve_world_size(cli.world_size, os.environ)
+    resolved: ResolvedConfig = resolve_config(cli.config, cli.overrides, world_size=world_size,
+                                              world_size_source=world_size_source)
     if cli.print_config:
         print(render_config(resolved), end="")
     if cli.export_flat:
@@ -89,16 +82,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     issues = launch_issues(os.environ, cli.world_size) + missing_paths(resolved)
     if issues:
-        _report(issues)
-        return 2
-    from .sft_pipeline import device_issues, run_resolved  # torch + ms-swift from here on
+        raise ConfigError(issues)
+    from swift_plugins.training.pipeline import device_issues, run_resolved  # torch + ms-swift from here on
 
     issues = device_issues(resolved, os.environ)
     if issues:
-        _report(issues)
-        return 2
+        raise ConfigError(issues)
     run_resolved(resolved)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command; user errors are ``error:`` lines on stderr and exit status 2."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,14 @@ import json
 import os
 import pathlib
 import sys
+import textwrap
 
 import subprocess
 
 import pytest
 from PIL import Image
+
+from swift_plugins.data import RecordError, iter_records
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VENV_BIN = pathlib.Path(sys.executable).parent
@@ -26,7 +29,7 @@ def repo_root() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
     """Path of the tiny Qwen3-VL checkpoint (scripts/make_tiny_model.py), built once per session."""
-    from swift_plugins.tiny_model import build
+    from swift_plugins.dev.tiny_model import build
 
     return build(tmp_path_factory.mktemp("models") / "tiny-qwen3-vl")
 
@@ -60,9 +63,102 @@ def sample_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_template(tiny_model_dir):
     """ms-swift's qwen3_vl template (train mode) over the tiny model's processor; no weights loaded."""
-    from swift_plugins.dataset_lengths import load_template
+    from swift_plugins.training.calibration import load_template
 
     return load_template(tiny_model_dir)
+
+
+# --------------------------------------------------------------------------- one analysis of the sample
+ANALYSIS_LENGTHS = (4000, 8000, 12000, 16000)
+ANALYSIS_EFF, ANALYSIS_WORLD, ANALYSIS_EPOCHS = 8, 2, 2
+
+
+def analysis_argv(model, jsonl, out, cache, *extra):
+    return ["--model_path", str(model), "--train_jsonl", str(jsonl), "--output_dir", str(out), "--cache_dir",
+            str(cache), "--max_lengths", ",".join(map(str, ANALYSIS_LENGTHS)), "--effective_batch_size",
+            str(ANALYSIS_EFF), "--world_size", str(ANALYSIS_WORLD), "--num_train_epochs", str(ANALYSIS_EPOCHS),
+            *map(str, extra)]
+
+
+@pytest.fixture(scope="session")
+def sample_analysis(tiny_model_dir, sample_dir, tmp_path_factory) -> pathlib.Path:
+    """scripts/analyze_token_lengths.py on the bundled sample, once per session (read it, do not write into it)."""
+    from swift_plugins.analysis import token_analysis
+
+    out = tmp_path_factory.mktemp("sample-analysis")
+    token_analysis.run(token_analysis.options_from_argv(analysis_argv(tiny_model_dir, sample_dir / "train.jsonl",
+                                                                      out, out / "cache")))
+    return out
+
+
+# --------------------------------------------------------------------------- record helpers
+GOOD = {"images": ["img.png"], "width": 40, "height": 20, "objects": [{"desc": "cat", "poly": [1, 2, 10, 2, 5, 8]}]}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    Image.new("RGB", (40, 20), (10, 20, 30)).save(tmp_path / "img.png")
+    return tmp_path
+
+
+def write_lines(folder, lines, name="d.jsonl"):
+    path = folder / name
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write((line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line))
+                     .encode()) + b"\n")
+    return path
+
+
+def first_error(folder, line, check_images=True):
+    path = write_lines(folder, [line])
+    with pytest.raises(RecordError) as info:
+        list(iter_records(path, check_images=check_images))
+    e = info.value
+    assert str(e) == f"{e.path}:{e.line}: {e.field}: {e.message}"
+    assert e.path == str(path) and e.line == 1
+    return e
+
+
+def with_(**changes):
+    rec = json.loads(json.dumps(GOOD))
+    rec.update(changes)
+    return {k: v for k, v in rec.items() if v is not ...}
+
+
+def obj(**o):
+    return with_(objects=[o])
+
+
+# --------------------------------------------------------------------------- config helpers
+BASE = """
+model:
+  model: models/m
+training:
+  effective_batch_size: 8
+custom:
+  train_jsonl: data/train.jsonl
+"""
+
+
+def write(folder, name, text):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+@pytest.fixture()
+def cfg(tmp_path, monkeypatch):
+    """Write configs into tmp_path; labels are then relative ('x.yaml') as a user would type them."""
+    monkeypatch.chdir(tmp_path)
+
+    def make(name, text, base=True):
+        if base:
+            write(tmp_path, "base.yaml", BASE)
+        write(tmp_path, name, text)
+        return name
+    return make
 
 
 # --------------------------------------------------------------------------- e2e helpers

@@ -43,13 +43,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from swift_plugins.analysis.outputs import (ceil_steps, find_simulation, fmt_int, load_analysis, padding_rows,
+                                            total_steps, variant_text)
 from swift_plugins.analysis.token_analysis import parse_bool
-from swift_plugins.analysis.report import (ceil_steps, find_simulation, fmt_int, load_analysis, padding_rows,
-                                           total_steps, variant_text)
+from swift_plugins.errors import UserError, run_main
+from swift_plugins.files import atomic_open
+from swift_plugins.packing.planner import STRATEGIES
 
 __all__ = ["MigrationResult", "STEP_KEYS", "build_parser", "default_output", "main", "migrate", "rename_run",
            "rescale_steps"]
@@ -127,7 +129,7 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
             packing_min_fill_ratio: Optional[float] = None, packing_drop_last: Optional[bool] = None,
             match_samples_per_step: bool = False, command: str = "", log=print) -> MigrationResult:
     """Write the packing config (see the module docstring); raises ValueError / ConfigError with the fix."""
-    from swift_plugins.config import resolve_config
+    from swift_plugins.config.resolve import resolve_config
 
     output = output or default_output(padding_config)
     log(f"[1/4] reading {analysis_dir} and {padding_config}")
@@ -138,10 +140,10 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
     resolved = resolve_config(padding_config, world_size=W, world_size_source="--world_size")
     t = resolved.config.training
     if t.packing:
-        raise ValueError(f"{padding_config}: training.packing is already true; give the padding config "
+        raise UserError(f"{padding_config}: training.packing is already true; give the padding config "
                          f"(packing false) to migrate")
     if global_max_length is None and r is None:
-        raise ValueError(f"{analysis_dir}/recommendations.json has no recommendation ({rec.get('reason')}); "
+        raise UserError(f"{analysis_dir}/recommendations.json has no recommendation ({rec.get('reason')}); "
                          f"pass --global_max_length")
     L = int(global_max_length or r["global_max_length"])
     strategy = packing_strategy or (r or {}).get("packing_strategy") or t.packing_strategy
@@ -161,7 +163,7 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
         basis = (rec["padding_baseline"]["effective_batch_size"], r["world_size"], r["global_max_length"],
                  r["packing_strategy"])
         if basis != (old_eff, W, L, strategy):
-            raise ValueError(
+            raise UserError(
                 f"{analysis_dir}/recommendations.json match_padding_samples_per_step was computed for effective "
                 f"batch {basis[0]}, world size {basis[1]}, length {basis[2]}, strategy {basis[3]}; this migration "
                 f"has {old_eff}, {W}, {L}, {strategy}: re-run scripts/analyze_token_lengths.py with "
@@ -172,7 +174,7 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
                       f"step, near the padding run's {old_eff}")
     new_steps = ceil_steps(entry["num_packs"], new_eff)
     if old_steps < 1 or new_steps < 1:
-        raise ValueError(f"no optimizer steps (padding {old_steps}, packing {new_steps}): empty analysis?")
+        raise UserError(f"no optimizer steps (padding {old_steps}, packing {new_steps}): empty analysis?")
 
     values: dict = {"packing": True, "global_max_length": L, "packing_strategy": strategy, "packing_buffer": buffer,
                     "packing_min_fill_ratio": min_fill, "packing_drop_last": drop_last,
@@ -239,23 +241,15 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
     text = "\n".join(header + body) + "\n"
 
     log(f"[3/4] validating and writing {output}")
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{os.path.basename(output)}.", suffix=".tmp.yaml")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        packed = resolve_config(tmp, world_size=W, world_size_source="--world_size")
+    with atomic_open(output, "w", encoding="utf-8") as f:  # resolved next to the output before it replaces it
+        f.write(text)
+        f.flush()
+        packed = resolve_config(f.name, world_size=W, world_size_source="--world_size")
         for key, v in values.items():
             got = packed.value(f"training.{key}")
             if got != v:
-                raise ValueError(f"{output}: training.{key} resolves to {got!r}, expected {v!r} (is it overridden "
-                                 f"after extends?)")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+                raise UserError(f"{output}: training.{key} resolves to {got!r}, expected {v!r} (is it overridden "
+                                f"after extends?)")
 
     E, max_steps_old = t.num_train_epochs, t.max_steps
     pack_sps = entry["samples_packed"] / entry["num_packs"] * new_eff if entry["num_packs"] else 0.0
@@ -287,8 +281,6 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from swift_plugins.packing import STRATEGIES
-
     p = argparse.ArgumentParser(
         prog="migrate_to_packing.py",
         description="Write a packing config that extends a padding config: packing keys from the analysis "
@@ -314,19 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from swift_plugins.config import ConfigError
-
     command = "python scripts/migrate_to_packing.py " + " ".join(argv)
-    try:
-        migrate(args.padding_config, args.analysis_dir, args.output, world_size=args.world_size,
-                global_max_length=args.global_max_length, packing_strategy=args.packing_strategy,
-                packing_buffer=args.packing_buffer, packing_min_fill_ratio=args.packing_min_fill_ratio,
-                packing_drop_last=args.packing_drop_last, match_samples_per_step=args.match_samples_per_step,
-                command=command.strip())
-    except (FileNotFoundError, ValueError, ConfigError) as e:
-        print(f"migrate_to_packing.py: {e}", file=sys.stderr)
-        return 2
+    migrate(args.padding_config, args.analysis_dir, args.output, world_size=args.world_size,
+            global_max_length=args.global_max_length, packing_strategy=args.packing_strategy,
+            packing_buffer=args.packing_buffer, packing_min_fill_ratio=args.packing_min_fill_ratio,
+            packing_drop_last=args.packing_drop_last, match_samples_per_step=args.match_samples_per_step,
+            command=command.strip())
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``scripts/migrate_to_packing.py``; user errors are ``error:`` lines and exit status 2."""
+    return run_main(_main, argv)

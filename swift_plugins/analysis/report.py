@@ -19,342 +19,32 @@ size, effective batch, per-device batches, epochs, tuner, ZeRO stage, ...) comes
 ``--config`` (resolved with ``swift_plugins.config``, ``extends`` followed) or, without it, from
 the analysis' own CLI setup stored in ``recommendations.json``.
 
-Padding overhead, defined (:func:`padding_overhead`): the samples, in data order, are cut into
-per-device batches of ``padding_batch_size`` consecutive samples (the last batch may be
-smaller); each batch is padded to its longest sample::
-
-    padded tokens    = sum over batches of (batch size x longest - sum of lengths)
-    padding overhead = padded tokens / real tokens
-    lengths [3, 5, 2, 2], batch 2 -> batches [3, 5] (pads 2), [2, 2] (pads 0) -> 2 / 12 = 16.67%
-
-Training shuffles, so the table also gives the same number for one seeded shuffle
-(``numpy.random.default_rng(seed).permutation``). A packed device batch is one pack: nothing is
-padded; its unused capacity is ``num_packs x global_max_length - packed tokens``.
+The definitions (padding overhead, steps) are in :mod:`swift_plugins.analysis.outputs`.
 """
 from __future__ import annotations
 
 import argparse
-import io
-import json
-import math
 import os
 import sys
-import textwrap
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
 from swift_plugins.analysis import memory as memory_module
+from swift_plugins.analysis.figures import plot_packing_efficiency, plot_token_distribution
 from swift_plugins.analysis.memory import MemorySetup, ModelShape, memory_table
-from swift_plugins.data import atomic_write_bytes, atomic_write_text
+from swift_plugins.analysis.migrate import default_output
+from swift_plugins.analysis.outputs import (Analysis, TrainingSetup, ceil_steps, find_simulation, fmt_int, fmt_num,
+                                            fmt_pct, fmt_val, load_analysis, padding_overhead, padding_rows,
+                                            setup_from_analysis, setup_from_config, total_steps, variant_text)
+from swift_plugins.errors import run_main
+from swift_plugins.files import atomic_write_text
 
-__all__ = [
-    "Analysis", "TrainingSetup", "load_analysis", "setup_from_analysis", "setup_from_config", "zero_stage_of",
-    "find_simulation", "variant_text", "padding_overhead", "padding_rows", "comparison_rows", "comparison_table_md",
-    "memory_estimates", "memory_estimates_md", "summary_md", "plot_token_distribution", "plot_packing_efficiency",
-    "write_report", "build_parser", "main", "ceil_steps", "total_steps", "generated_sections",
-    "update_generated_docs", "parse_markdown_table", "fmt_int", "fmt_pct", "fmt_val", "MEMORY_COLUMNS",
-]
-
-REQUIRED_FILES = ("dataset_stats.json", "sample_stats.jsonl", "packing_simulations.json", "recommendations.json")
-ANALYZE_HINT = "run scripts/analyze_token_lengths.py --output_dir DIR first"
-
-
-# ------------------------------------------------------------------------------- loading
-@dataclass(frozen=True)
-class Analysis:
-    """The outputs of one ``analyze_token_lengths.py`` run, loaded."""
-    input_dir: str
-    stats: dict
-    simulations: list
-    recommendations: dict
-    text_tokens: np.ndarray
-    image_tokens: np.ndarray
-    total_tokens: np.ndarray
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.stats["num_samples"])
-
-    @property
-    def max_lengths(self) -> list[int]:
-        return sorted({int(e["global_max_length"]) for e in self.simulations})
-
-    @property
-    def recommended(self) -> Optional[dict]:
-        return self.recommendations.get("recommended")
-
-
-SAMPLE_STATS_COLUMNS = ("text_tokens", "image_tokens", "total_tokens")
-
-
-def read_sample_stats(path: str) -> np.ndarray:
-    """``SAMPLE_STATS_COLUMNS`` of every line of a sample_stats.jsonl as an (n, 3) int64 array.
-
-    ``{"line": 1, "text_tokens": 40, "image_tokens": 64, "total_tokens": 104, ...}`` -> ``[[40, 64, 104]]``.
-    A bad line is a ValueError naming file:line, the field and the fix.
-    """
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); {ANALYZE_HINT}") from None
-            row = [record.get(name) if isinstance(record, dict) else None for name in SAMPLE_STATS_COLUMNS]
-            for name, v in zip(SAMPLE_STATS_COLUMNS, row):
-                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                    raise ValueError(f"{path}:{lineno}: field {name!r} must be a non-negative integer, got {v!r}; "
-                                     f"{ANALYZE_HINT}")
-            rows.append(row)
-    return np.asarray(rows, dtype=np.int64).reshape(-1, len(SAMPLE_STATS_COLUMNS))
-
-
-def load_analysis(input_dir: str) -> Analysis:
-    """Read an analysis folder: a missing file is a FileNotFoundError, an inconsistent one a ValueError,
-    each naming the file and the fix."""
-    missing = [n for n in REQUIRED_FILES if not os.path.isfile(os.path.join(input_dir, n))]
-    if missing:
-        raise FileNotFoundError(f"{input_dir}: missing {', '.join(missing)}; {ANALYZE_HINT}")
-
-    def load(name):
-        path = os.path.join(input_dir, name)
-        try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}; {ANALYZE_HINT}") from None
-
-    stats, sims, rec = load("dataset_stats.json"), load("packing_simulations.json"), load("recommendations.json")
-    path = os.path.join(input_dir, "sample_stats.jsonl")
-    arr = read_sample_stats(path)
-    if len(arr) != stats["num_samples"]:
-        raise ValueError(f"{path}: {len(arr)} rows but dataset_stats.json says num_samples {stats['num_samples']}; "
-                         f"the folder mixes two analyses: {ANALYZE_HINT}")
-    if not sims:
-        raise ValueError(f"{os.path.join(input_dir, 'packing_simulations.json')}: no simulations; {ANALYZE_HINT}")
-    return Analysis(input_dir=input_dir, stats=stats, simulations=sims, recommendations=rec,
-                    text_tokens=arr[:, 0], image_tokens=arr[:, 1], total_tokens=arr[:, 2])
-
-
-# ------------------------------------------------------------------------------- setup
-@dataclass(frozen=True)
-class TrainingSetup:
-    """What the comparison and the memory estimate assume; ``source`` says where it came from."""
-    world_size: int
-    effective_batch_size: int
-    padding_batch_size: int
-    num_train_epochs: float
-    max_steps: Optional[int]
-    padding_max_length: Optional[int]
-    truncation_strategy: str
-    global_max_length: int
-    packing_strategy: str
-    packing_buffer: Optional[int]
-    min_fill_ratio: float
-    drop_last: bool
-    memory: MemorySetup
-    model_path: Optional[str]
-    shuffle_seed: int
-    source: str
-    padding_config: Optional[str] = None  # the --config file when it is a padding config
-    padding_batch_source: str = "recommendations.json padding_baseline"
-
-
-def setup_from_analysis(analysis: Analysis, *, world_size: Optional[int] = None,
-                        global_max_length: Optional[int] = None) -> TrainingSetup:
-    """The analysis CLI's own setup (recommendations.json); packing = the recommendation's plan (bfd, one window)."""
-    rec = analysis.recommendations
-    r = analysis.recommended
-    if r is None:
-        raise ValueError(f"{analysis.input_dir}/recommendations.json: no recommendation "
-                         f"({rec.get('reason')}); pass --global_max_length")
-    mem = dict(rec["memory"]["setup"])
-    w = int(world_size or r["world_size"])
-    mem["world_size"] = w
-    return TrainingSetup(
-        world_size=w, effective_batch_size=int(r["effective_batch_size"]),
-        padding_batch_size=int(rec["padding_baseline"]["per_device_train_batch_size"]),
-        num_train_epochs=float(r["num_train_epochs"]), max_steps=None, padding_max_length=None,
-        truncation_strategy="delete", global_max_length=int(global_max_length or r["global_max_length"]),
-        packing_strategy=r["packing_strategy"], packing_buffer=None, min_fill_ratio=0.0, drop_last=False,
-        memory=MemorySetup(**mem), model_path=analysis.stats.get("inputs", {}).get("model_path"),
-        shuffle_seed=int(analysis.stats.get("inputs", {}).get("conversation", {}).get("seed", 0)),
-        source=f"`{os.path.join(analysis.input_dir, 'recommendations.json')}` (the analysis' CLI setup)")
-
-
-def zero_stage_of(deepspeed_config: Optional[str]) -> int:
-    """0 without DeepSpeed; ``zero2``/``zero3_offload`` presets -> 2/3; a JSON file -> its zero_optimization.stage."""
-    if deepspeed_config is None:
-        return 0
-    base = os.path.basename(deepspeed_config)
-    if not deepspeed_config.endswith(".json") and base.startswith("zero") and base[4:5].isdigit():
-        return int(base[4])
-    try:
-        with open(deepspeed_config, encoding="utf-8") as f:
-            return int(json.load(f).get("zero_optimization", {}).get("stage", 0))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"deepspeed.config: {deepspeed_config}: no such file (paths are relative to the "
-                                f"working directory {os.getcwd()})") from None
-
-
-def setup_from_config(analysis: Analysis, config_path: str, *, world_size: Optional[int] = None,
-                      global_max_length: Optional[int] = None) -> TrainingSetup:
-    """The setup of a training YAML (padding or packing), resolved with ``swift_plugins.config``.
-
-    Padding config: its per-device batch is the padding batch; the packing side is what
-    ``scripts/migrate_to_packing.py`` writes by default: the recommended length and strategy with the
-    config's (resolved) packing_buffer / min_fill_ratio / drop_last. Packing config: its own
-    packing keys; the padding batch is the analysis' padding baseline. World size: ``world_size``
-    or the analysis'.
-    """
-    from swift_plugins.config import resolve_config
-
-    w = int(world_size or analysis.recommendations["recommended"]["world_size"])
-    resolved = resolve_config(config_path, world_size=w, world_size_source="--world_size")
-    t = resolved.config.training
-    per_device = t.per_device_train_batch_size
-    effective = t.effective_batch_size or resolved.gradient_accumulation_steps * per_device * w
-    if t.packing:
-        padding_batch = int(analysis.recommendations["padding_baseline"]["per_device_train_batch_size"])
-        length = global_max_length or t.global_max_length
-        strategy = t.packing_strategy
-    else:  # as scripts/migrate_to_packing.py would switch it: the recommended length and strategy
-        padding_batch = per_device
-        length = global_max_length or (analysis.recommended or {}).get("global_max_length")
-        strategy = (analysis.recommended or {}).get("packing_strategy") or t.packing_strategy
-        if length is None:
-            raise ValueError(f"{config_path}: padding config and no recommended length in the analysis; "
-                             f"pass --global_max_length")
-    tuner = resolved.config.tuner
-    mem = MemorySetup(tuner="full" if tuner.tuner_type == "full" else "dora" if tuner.use_dora else "lora",
-                      lora_rank=tuner.lora_rank, zero_stage=zero_stage_of(resolved.config.deepspeed.config),
-                      gradient_checkpointing=t.gradient_checkpointing, world_size=w)
-    return TrainingSetup(
-        world_size=w, effective_batch_size=int(effective), padding_batch_size=int(padding_batch),
-        num_train_epochs=float(t.num_train_epochs), max_steps=t.max_steps,
-        padding_max_length=resolved.config.template.max_length,
-        truncation_strategy=resolved.config.template.truncation_strategy, global_max_length=int(length),
-        packing_strategy=strategy, packing_buffer=t.packing_buffer, min_fill_ratio=t.packing_min_fill_ratio,
-        drop_last=t.packing_drop_last, memory=mem, model_path=resolved.config.model.model,
-        shuffle_seed=t.data_seed, source=" <- ".join(f"`{f}`" for f in reversed(resolved.files)),
-        padding_config=None if t.packing else config_path,
-        padding_batch_source=("recommendations.json padding_baseline: the config packs" if t.packing
-                              else "the config's per_device_train_batch_size"))
-
-
-# ------------------------------------------------------------------------------- numbers
-def ceil_steps(rows: int, effective_batch_size: int) -> int:
-    """Optimizer steps per epoch: ceil(rows / effective_batch_size) (the last step may be partial)."""
-    return -(-int(rows) // int(effective_batch_size))
-
-
-def total_steps(per_epoch: int, num_train_epochs: float, max_steps: Optional[int] = None) -> int:
-    """transformers: max_steps when set, else ceil(num_train_epochs x steps per epoch)."""
-    return int(max_steps) if max_steps else math.ceil(num_train_epochs * per_epoch)
-
-
-def find_simulation(simulations: Sequence[dict], global_max_length: int, strategy: str,
-                    buffer_size: Optional[int] = None, min_fill_ratio: float = 0.0,
-                    drop_last: bool = False) -> tuple[dict, bool]:
-    """The entry for exactly this plan variant, else the unbuffered entry of (length, strategy).
-
-    Returns ``(entry, exact)``. Raises ValueError naming the simulated lengths when the length /
-    strategy was not simulated at all.
-    """
-    def same(e, buf, fill, drop):
-        return (e["global_max_length"] == global_max_length and e["strategy"] == strategy
-                and e["buffer_size"] == buf and float(e["min_fill_ratio"]) == float(fill)
-                and bool(e["drop_last"]) == bool(drop))
-
-    for e in simulations:
-        if same(e, buffer_size, min_fill_ratio, drop_last):
-            return e, True
-    for e in simulations:
-        if same(e, None, 0.0, False):
-            return e, False
-    lengths = sorted({e["global_max_length"] for e in simulations})
-    strategies = sorted({e["strategy"] for e in simulations})
-    raise ValueError(f"global_max_length {global_max_length} with strategy {strategy!r} was not simulated "
-                     f"(lengths {lengths}, strategies {strategies}); re-run scripts/analyze_token_lengths.py with "
-                     f"--max_lengths {','.join(map(str, sorted(set(lengths) | {global_max_length})))}")
-
-
-def variant_text(entry: dict) -> str:
-    window = "one window" if entry["buffer_size"] is None else f"buffer {entry['buffer_size']}"
-    if not entry["min_fill_ratio"] and not entry["drop_last"]:
-        return f"{entry['strategy']}, {window}"
-    return (f"{entry['strategy']}, {window}, min fill {entry['min_fill_ratio']}, "
-            f"drop_last {str(entry['drop_last']).lower()}")
-
-
-def padding_overhead(lengths, batch_size: int, *, seed: Optional[int] = None) -> dict:
-    """Padded tokens of per-device batches of ``batch_size`` consecutive samples (see module docstring).
-
-    ``seed`` given: the samples are first permuted with ``numpy.random.default_rng(seed)``.
-
-    >>> padding_overhead([3, 5, 2, 2], 2)["overhead"]
-    0.16666666666666666
-    """
-    lens = np.asarray(lengths, dtype=np.int64)
-    if seed is not None:
-        lens = lens[np.random.default_rng(seed).permutation(len(lens))]
-    n = len(lens)
-    if n == 0:
-        return {"real_tokens": 0, "padded_tokens": 0, "overhead": 0.0, "efficiency": 0.0, "batches": 0}
-    b = int(batch_size)
-    full = n // b * b
-    padded = int((lens[:full].reshape(-1, b).max(axis=1) * b).sum() - lens[:full].sum()) if full else 0
-    if full < n:
-        tail = lens[full:]
-        padded += int(tail.max() * len(tail) - tail.sum())
-    real = int(lens.sum())
-    return {"real_tokens": real, "padded_tokens": padded, "overhead": padded / real,
-            "efficiency": real / (real + padded), "batches": -(-n // b)}
-
-
-def padding_rows(total_tokens, max_length: Optional[int] = None, truncation_strategy: str = "delete") -> dict:
-    """Sample lengths of the padding run: over ``max_length`` (template.max_length) a sample is
-    deleted (truncation_strategy delete, ms-swift's default) or cut to it (left / right).
-
-    >>> r = padding_rows([5, 12, 7], 10); (r["lengths"].tolist(), r["rows"], r["dropped"])
-    ([5, 7], 2, 1)
-    """
-    total = np.asarray(total_tokens, dtype=np.int64)
-    dropped = truncated = 0
-    if max_length:
-        over = total > max_length
-        if truncation_strategy == "delete":
-            dropped = int(over.sum())
-            total = total[~over]
-        else:
-            truncated = int(over.sum())
-            total = np.minimum(total, max_length)
-    return {"lengths": total, "rows": len(total), "dropped": dropped, "truncated": truncated}
+__all__ = ["MEMORY_COLUMNS", "build_parser", "comparison_rows", "comparison_table_md", "main", "memory_estimates",
+           "memory_estimates_md", "parse_markdown_table", "summary_md", "write_report"]
 
 
 def _padding_side(analysis: Analysis, setup: TrainingSetup) -> dict:
     return padding_rows(analysis.total_tokens, setup.padding_max_length, setup.truncation_strategy)
 
-
-def fmt_int(x) -> str:
-    return f"{int(x):,}"
-
-
-def fmt_pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def fmt_num(x: float, digits: int = 2) -> str:
-    return f"{x:,.{digits}f}"
-
-
-def fmt_val(x: float) -> str:
-    """Integers without decimals (``1,037``), other values with two (``1,537.84``)."""
-    return fmt_int(x) if float(x).is_integer() else fmt_num(x)
 
 
 def _ga(effective: int, per_device: int, world: int) -> str:
@@ -485,7 +175,6 @@ def comparison_table_md(analysis: Analysis, setup: TrainingSetup, *, command: st
     return "\n".join(out) + "\n"
 
 
-# ------------------------------------------------------------------------------- memory
 def memory_estimates(analysis: Analysis, setup: TrainingSetup, *, model_path: Optional[str] = None) -> dict:
     """``memory_table`` rows for the simulated lengths (+ the setup's length) and where the model shape came from.
 
@@ -541,7 +230,6 @@ def memory_estimates_md(analysis: Analysis, setup: TrainingSetup, est: dict, *, 
     return "\n".join(out) + "\n"
 
 
-# ------------------------------------------------------------------------------- summary
 def _stats_rows(stats: dict) -> list[list[str]]:
     cols = ("total_tokens", "text_tokens", "image_tokens", "num_objects")
     return [[k] + [fmt_val(stats[f"{k}_{col}"]) for col in cols]
@@ -657,8 +345,6 @@ def summary_md(analysis: Analysis, setup: TrainingSetup, *, figures_rel: str, es
             f"![packing efficiency]({os.path.join(figures_rel, 'packing_efficiency.png')})", "",
             "## Migration checklist", ""]
     W = setup.world_size
-    from swift_plugins.analysis.migrate import default_output
-
     padding_config = setup.padding_config or "configs/dlora/sft_text_only_padding.yaml"
     packed = default_output(padding_config)
     out += [("- [ ] Write the packing config" if setup.padding_config else
@@ -675,275 +361,6 @@ def summary_md(analysis: Analysis, setup: TrainingSetup, *, figures_rel: str, es
     return "\n".join(out) + "\n"
 
 
-# ------------------------------------------------------------------------------- figures
-SCATTER_MAX_POINTS = 5000
-LENGTH_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "tab:red")
-STRATEGY_STYLE = {"bfd": ("tab:blue", "o"), "greedy": ("tab:orange", "s"), "next_fit": ("tab:green", "^"),
-                  "random": ("tab:red", "v")}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    _plt().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def plot_token_distribution(analysis: Analysis, path: str, *, recommended: Optional[int] = None) -> None:
-    """2x2: total-token histogram, text vs image scatter, CDF with the simulated lengths, box plots."""
-    plt = _plt()
-    from matplotlib.ticker import FuncFormatter
-
-    total, text, image = analysis.total_tokens, analysis.text_tokens, analysis.image_tokens
-    st = analysis.stats
-    thousands = FuncFormatter(lambda x, _: f"{x:,.0f}")
-    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
-    fig.suptitle(f"Tokens per sample: {fmt_int(len(total))} samples of {st.get('inputs', {}).get('train_jsonl', '')}",
-                 fontsize=14)
-
-    ax = axes[0, 0]
-    hi = max(1, int(total.max()))
-    bins = np.logspace(np.log10(max(1, int(total.min()))), np.log10(hi), 60)
-    ax.hist(total, bins=bins, color="tab:blue", alpha=0.8, edgecolor="white", linewidth=0.3)
-    ax.set_xscale("log")
-    for key, color, label in (("median_total_tokens", "black", "median"), ("p95_total_tokens", "tab:orange", "p95"),
-                              ("p99_total_tokens", "tab:red", "p99")):
-        ax.axvline(st[key], color=color, linestyle="--", linewidth=1.2, label=f"{label} {st[key]:,.0f}")
-    if recommended:
-        ax.axvline(recommended, color="tab:purple", linewidth=1.8, label=f"recommended max_length {recommended:,}")
-    ax.xaxis.set_major_formatter(thousands)
-    ax.set_title("Total tokens per sample (log-spaced bins)")
-    ax.set_xlabel("total tokens per sample (text + image, log scale)")
-    ax.set_ylabel("samples per bin")
-    ax.legend(fontsize=9)
-    ax.grid(alpha=0.3)
-
-    ax = axes[0, 1]
-    if len(total) <= SCATTER_MAX_POINTS:
-        ax.scatter(image, text, s=6, alpha=0.6, color="tab:blue", label=f"one sample ({fmt_int(len(total))} in all)")
-        ax.legend(fontsize=9, loc="upper right")
-    else:  # 100k points overplot into stripes: show density instead
-        hb = ax.hexbin(image, np.maximum(text, 1), yscale="log", gridsize=60, bins="log", cmap="viridis", mincnt=1)
-        fig.colorbar(hb, ax=ax, label="samples per cell (log scale)")
-    ax.set_yscale("log")
-    ax.set_title("Text vs image tokens per sample")
-    ax.set_xlabel("image tokens per sample")
-    ax.set_ylabel("text tokens per sample (log scale)")
-    ax.yaxis.set_major_formatter(thousands)
-    ax.xaxis.set_major_formatter(thousands)
-    ax.grid(alpha=0.3)
-
-    ax = axes[1, 0]
-    srt = np.sort(total)
-    ax.plot(srt, np.arange(1, len(srt) + 1) / len(srt), color="tab:blue", linewidth=2, label="samples <= x")
-    ax.set_xscale("log")
-    for i, L in enumerate(analysis.max_lengths):
-        frac = float((total <= L).mean())
-        rec = L == recommended
-        ax.axvline(L, color="tab:purple" if rec else LENGTH_COLORS[i % len(LENGTH_COLORS)],
-                   linestyle="-" if rec else "--", linewidth=1.8 if rec else 1.3,
-                   label=f"max_length {L:,}{' (recommended)' if rec else ''}: {fmt_pct(frac)} of samples fit")
-    ax.xaxis.set_major_formatter(thousands)
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Cumulative distribution of total tokens")
-    ax.set_xlabel("total tokens per sample (log scale)")
-    ax.set_ylabel("fraction of samples")
-    ax.legend(fontsize=9, loc="lower right")
-    ax.grid(alpha=0.3)
-
-    ax = axes[1, 1]
-    data = [np.maximum(x, 1) for x in (text, image, total)]
-    bp = ax.boxplot(data, whis=(1, 99), showfliers=True, patch_artist=True,
-                    flierprops={"marker": ".", "markersize": 2, "alpha": 0.3})
-    ax.set_xticks([1, 2, 3], ["text", "image", "total"])
-    for patch, color in zip(bp["boxes"], ("tab:green", "tab:orange", "tab:blue")):
-        patch.set_facecolor(color)
-        patch.set_alpha(0.6)
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(thousands)
-    ax.set_title("Tokens per sample by kind (box: quartiles, whiskers: p1-p99)")
-    ax.set_ylabel("tokens per sample (log scale)")
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    _save(fig, path)
-
-
-def plot_packing_efficiency(analysis: Analysis, path: str, *, recommended: Optional[int] = None) -> None:
-    """2x2 over max_length, one line per strategy (+ each buffered variant): efficiency, samples per
-    pack, dropped samples, fill ratio (min / mean / max over packs)."""
-    plt = _plt()
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-    variants: dict[tuple, list] = {}
-    for e in analysis.simulations:
-        key = (e["strategy"], e["buffer_size"], e["min_fill_ratio"], e["drop_last"])
-        variants.setdefault(key, []).append(e)
-    lengths = analysis.max_lengths
-    n = max(1, analysis.num_samples)
-    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
-    fig.suptitle(f"Packing simulations: {fmt_int(analysis.num_samples)} samples, "
-                 f"max_length {', '.join(f'{L:,}' for L in lengths)}", fontsize=14)
-    width = float(np.diff(lengths).min()) if len(lengths) > 1 else lengths[0] * 0.2  # closest pair: no overlap
-    offsets = np.linspace(-0.2, 0.2, len(variants)) * width
-    for k, (key, entries) in enumerate(variants.items()):
-        strategy, buf, fill, drop = key
-        entries = sorted(entries, key=lambda e: e["global_max_length"])
-        color, marker = STRATEGY_STYLE.get(strategy, ("gray", "x"))
-        buffered = buf is not None
-        label = variant_text(entries[0])
-        style = {"color": "tab:purple" if buffered else color, "marker": "D" if buffered else marker,
-                 "linestyle": "--" if buffered else "-", "linewidth": 1.8, "markersize": 6, "label": label}
-        x = np.array([e["global_max_length"] for e in entries], dtype=float)
-        axes[0, 0].plot(x, [100 * e["efficiency"] for e in entries], **style)
-        axes[0, 1].plot(x, [e["avg_samples_per_pack"] for e in entries], **style)
-        axes[1, 0].plot(x, [e["samples_dropped"] for e in entries], **style)
-        mean = np.array([e["efficiency"] for e in entries])
-        lo = np.array([e["min_fill"] for e in entries])
-        hi = np.array([e["max_fill"] for e in entries])
-        axes[1, 1].errorbar(x + offsets[k], 100 * mean, yerr=[100 * (mean - lo), 100 * (hi - mean)], capsize=4,
-                            color=style["color"], marker=style["marker"], linestyle="none")
-    l1 = sorted((e for e in analysis.simulations if e["strategy"] == "bfd" and e["buffer_size"] is None),
-                key=lambda e: e["global_max_length"])
-    if l1:
-        axes[0, 0].plot([e["global_max_length"] for e in l1],
-                        [100 * e["efficiency"] * e["num_packs"] / e["l1_bound"] for e in l1],
-                        color="black", linestyle=":", linewidth=1.2, label="L1 bound (fewest packs possible)")
-    thousands = FuncFormatter(lambda v, _: f"{v:,.0f}")
-    titles = (("Packing efficiency", "efficiency (% of pack capacity used)"),
-              ("Samples per pack", "mean samples per pack"),
-              ("Samples dropped", "samples dropped (overlong + drop_last)"),
-              ("Fill ratio per pack (marker: mean, bar: min to max)", "pack fill (% of max_length)"))
-    for ax, (title, ylabel) in zip(axes.flat, titles):
-        ax.set_title(title)
-        ax.set_xlabel("global_max_length (tokens per pack)")
-        ax.set_ylabel(ylabel)
-        ax.set_xticks(lengths)
-        ax.xaxis.set_major_formatter(thousands)
-        ax.grid(alpha=0.3)
-        if recommended:
-            ax.axvline(recommended, color="gray", linestyle="-.", linewidth=1, label=f"recommended {recommended:,}")
-    sec = axes[1, 0].secondary_yaxis("right", functions=(lambda v: 100 * v / n, lambda p: p * n / 100))
-    sec.set_ylabel("% of samples")
-    axes[1, 0].yaxis.set_major_locator(MaxNLocator(integer=True))
-    if len({tuple(e["samples_dropped"] for e in sorted(v, key=lambda e: e["global_max_length"]))
-            for k, v in variants.items() if k[1] is None}) == 1:
-        axes[1, 0].text(0.98, 0.97, "one-window strategies drop the same\noverlong samples: their lines coincide",
-                        transform=axes[1, 0].transAxes, ha="right", va="top", fontsize=9,
-                        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
-    handles, labels = {}, []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=min(4, len(labels)), fontsize=10,
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
-    _save(fig, path)
-
-
-# ------------------------------------------------------------------------------- generated docs
-GENERATED_BEGIN = "<!-- generated:{name} begin: python scripts/visualize_packing_results.py --update_docs FILE -->"
-GENERATED_END = "<!-- generated:{name} end -->"
-
-# (module, text that must occur in it, what the line shows): quoted with file:line by --update_docs.
-# A needle that no longer occurs makes the update fail: the doc's claim must then be re-checked.
-LIBRARY_LINES = (
-    ("swift.template.base", "encoded['labels'][0] = -100",
-     "ms-swift encode: the first label of every sample is ignored"),
-    ("swift.template.base", "outputs.loss * ((labels[:, 1:] != -100).sum() / num_items_in_batch)",
-     "ms-swift loss: micro-batch mean x its label count / label count of the whole optimizer step"),
-    ("swift.trainers.seq2seq_trainer", "loss *= self.accelerator.num_processes",
-     "ms-swift: undo DDP's gradient mean over ranks (the count is already global)"),
-    ("transformers.trainer", "num_items_in_batch = sum(labels.ne(-100).sum() for labels in labels_for_count)",
-     "transformers: label tokens of all micro-batches of the optimizer step"),
-    ("transformers.trainer", "num_items_in_batch = self.accelerator.gather(num_items_in_batch.to(device)).sum()",
-     "transformers: summed over ranks (average_tokens_across_devices)"),
-    ("transformers.trainer", "len_dataloader // args.gradient_accumulation_steps",
-     "transformers: optimizer steps per epoch = ceil(micro-batches / gradient_accumulation_steps)"),
-)
-
-
-def _library_line(module_name: str, needle: str) -> str:
-    import importlib
-    import inspect
-
-    module = importlib.import_module(module_name)
-    path = inspect.getsourcefile(module)
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for i, line in enumerate(lines, 1):
-        if needle in line:
-            top = module_name.split(".")[0]
-            rel = path[path.rindex(os.sep + top + os.sep) + 1:]
-            owner = _enclosing_def(lines, i - 1)
-            return f"{rel}:{i} (in {owner}): {line.strip()}"
-    raise RuntimeError(f"{module_name} ({path}) no longer contains {needle!r}: re-check the claim in the docs "
-                       f"before regenerating them")
-
-
-def _enclosing_def(lines: Sequence[str], index: int) -> str:
-    """Name of the function whose body holds ``lines[index]`` (nearest less-indented ``def`` above)."""
-    indent = len(lines[index]) - len(lines[index].lstrip())
-    for j in range(index - 1, -1, -1):
-        stripped = lines[j].lstrip()
-        if stripped.startswith("def ") and len(lines[j]) - len(stripped) < indent:
-            return stripped[4:].split("(")[0]
-    return "module"
-
-
-def _fenced(text: str, lang: str = "text") -> str:
-    return f"```{lang}\n{text.strip(chr(10))}\n```"
-
-
-def generated_sections() -> dict:
-    """Doc sections generated from code: docstrings of swift_plugins modules and quoted lines of the
-    installed ms-swift / transformers (so a version change shows up as a diff, not as a stale doc)."""
-    import inspect
-
-    import transformers
-    from swift.template.base import Template
-    from swift.template.templates.qwen import Qwen3VLTemplate
-    from swift.version import __version__ as swift_version
-
-    from swift_plugins import lengths, packing
-
-    quoted = [f"# {why}\n{_library_line(mod, needle)}" for mod, needle, why in LIBRARY_LINES]
-    return {
-        "image-tokens": "From the docstring of `swift_plugins/lengths.py`:\n\n" + _fenced(lengths.__doc__),
-        "packing-algorithm": "From the docstring of `swift_plugins/packing.py`:\n\n" + _fenced(packing.__doc__),
-        "library-lines": (f"Installed ms-swift {swift_version}, transformers {transformers.__version__}:\n\n"
-                          + _fenced("\n\n".join(quoted))),
-        "packing-row": ("ms-swift's Qwen3-VL packing of a row (`Qwen3VLTemplate.packing_row`, defined on "
-                        f"`{Qwen3VLTemplate.packing_row.__qualname__}`): position ids per sample, then "
-                        "concatenated by `Template.packing_row`:\n\n"
-                        + _fenced(textwrap.dedent(inspect.getsource(Qwen3VLTemplate.packing_row)), "python")
-                        + "\n\n" + _fenced(textwrap.dedent(inspect.getsource(Template.packing_row)), "python")),
-    }
-
-
-def update_generated_docs(text: str, sections: Optional[dict] = None) -> str:
-    """``text`` with every ``<!-- generated:NAME begin ... -->`` region replaced by section NAME."""
-    sections = generated_sections() if sections is None else sections
-    for name, body in sections.items():
-        begin, end = GENERATED_BEGIN.format(name=name), GENERATED_END.format(name=name)
-        if begin not in text:
-            continue
-        a, b = text.index(begin) + len(begin), text.index(end)
-        text = text[:a] + "\n" + body.strip("\n") + "\n" + text[b:]
-    return text
-
-
-# ------------------------------------------------------------------------------- driver
 def write_report(input_dir: str, output_dir: Optional[str] = None, *, config: Optional[str] = None,
                  world_size: Optional[int] = None, global_max_length: Optional[int] = None,
                  model_path: Optional[str] = None, command: str = "", log=print) -> dict:
@@ -1004,25 +421,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from swift_plugins.config import ConfigError
+    if args.update_docs:  # developer tooling: the generated sections of the docs
+        from swift_plugins.dev.update_docs import update_files
 
-    if args.update_docs:
-        sections = generated_sections()
-        for path in args.update_docs:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            new = update_generated_docs(text, sections)
-            atomic_write_text(path, new)
-            print(f"{path}: {'updated' if new != text else 'up to date'}")
+        update_files(args.update_docs)
         return 0
     command = "python scripts/visualize_packing_results.py " + " ".join(argv)
-    try:
-        write_report(args.input_dir, args.output_dir, config=args.config, world_size=args.world_size,
-                     global_max_length=args.global_max_length, model_path=args.model_path, command=command.strip())
-    except (FileNotFoundError, ValueError, ConfigError) as e:
-        print(f"visualize_packing_results.py: {e}", file=sys.stderr)
-        return 2
+    write_report(args.input_dir, args.output_dir, config=args.config, world_size=args.world_size,
+                 global_max_length=args.global_max_length, model_path=args.model_path, command=command.strip())
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``scripts/visualize_packing_results.py``; user errors are ``error:`` lines and exit status 2."""
+    return run_main(_main, argv)
+

@@ -10,23 +10,16 @@ from fractions import Fraction
 
 import pytest
 
-from swift_plugins.analysis import migrate, token_analysis
+from conftest import ANALYSIS_EFF as EFF, ANALYSIS_LENGTHS as LENGTHS, ANALYSIS_WORLD as WORLD
+from swift_plugins.analysis import migrate
 from swift_plugins.config import ConfigError, resolve_config
 
-LENGTHS = (4000, 8000, 12000, 16000)
-EFF, WORLD = 8, 2
 STEP_KEYS = ("eval_steps", "save_steps", "save_delay_steps", "logging_steps", "max_steps")
 
 
 @pytest.fixture(scope="module")
-def analysis(tiny_model_dir, sample_dir, tmp_path_factory):
-    # Same options and length cache as test_report.py: a cache hit when both modules run.
-    cache = tmp_path_factory.getbasetemp() / "shared-analysis-cache"
-    out = tmp_path_factory.mktemp("analysis")
-    argv = ["--model_path", str(tiny_model_dir), "--train_jsonl", str(sample_dir / "train.jsonl"), "--output_dir",
-            str(out), "--cache_dir", str(cache), "--max_lengths", ",".join(map(str, LENGTHS)),
-            "--effective_batch_size", str(EFF), "--world_size", str(WORLD), "--num_train_epochs", "2"]
-    token_analysis.run(token_analysis.build_parser().parse_args(argv))
+def analysis(sample_analysis):
+    out = sample_analysis
     load = lambda name: json.loads((out / name).read_text())  # noqa: E731
     return {"dir": out, "stats": load("dataset_stats.json"), "sims": load("packing_simulations.json"),
             "rec": load("recommendations.json")}

@@ -11,26 +11,18 @@ import numpy as np
 import pytest
 
 from swift_plugins.analysis import memory as memory_module
-from swift_plugins.analysis import report, token_analysis
+from swift_plugins.analysis import report
+from swift_plugins.analysis.outputs import zero_stage_of
 from swift_plugins.analysis.memory import MemorySetup, ModelShape, memory_table
 
-LENGTHS = (4000, 8000, 12000, 16000)
-EFF, WORLD, EPOCHS = 8, 2, 2
-
-
-def run_analysis(model, jsonl, out, cache):
-    argv = ["--model_path", str(model), "--train_jsonl", str(jsonl), "--output_dir", str(out), "--cache_dir",
-            str(cache), "--max_lengths", ",".join(map(str, LENGTHS)), "--effective_batch_size", str(EFF),
-            "--world_size", str(WORLD), "--num_train_epochs", str(EPOCHS)]
-    token_analysis.run(token_analysis.build_parser().parse_args(argv))
-    return out
+from conftest import ANALYSIS_EFF as EFF, ANALYSIS_EPOCHS as EPOCHS, ANALYSIS_LENGTHS as LENGTHS, ANALYSIS_WORLD as WORLD
 
 
 @pytest.fixture(scope="module")
-def analysis_dir(tiny_model_dir, sample_dir, tmp_path_factory):
-    # The length cache is shared with test_migrate.py (same session folder): the second analysis is a cache hit.
-    cache = tmp_path_factory.getbasetemp() / "shared-analysis-cache"
-    return run_analysis(tiny_model_dir, sample_dir / "train.jsonl", tmp_path_factory.mktemp("analysis"), cache)
+def analysis_dir(sample_analysis, tmp_path_factory):
+    copy = tmp_path_factory.mktemp("report") / "analysis"  # this module writes figures and a summary into it
+    shutil.copytree(sample_analysis, copy)
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -90,50 +82,6 @@ def overhead_by_hand(lengths, b):
     return padded, real
 
 
-# ----------------------------------------------------------------------------------- unit
-def test_padding_overhead_worked_examples():
-    r = report.padding_overhead([3, 5, 2, 2], 2)
-    assert (r["padded_tokens"], r["real_tokens"], r["batches"]) == (2, 12, 2) and r["overhead"] == 2 / 12
-    assert r["efficiency"] == 12 / 14
-    r = report.padding_overhead([3, 5, 2, 2], 3)  # [3, 5, 2] pads 2 + 3, [2] pads 0
-    assert (r["padded_tokens"], r["batches"]) == (5, 2)
-    perm = np.random.default_rng(7).permutation(4)
-    lens = np.array([3, 5, 2, 9])[perm].tolist()
-    assert report.padding_overhead([3, 5, 2, 9], 2, seed=7)["padded_tokens"] == overhead_by_hand(lens, 2)[0]
-    assert report.padding_overhead([4, 4, 4], 1)["padded_tokens"] == 0
-
-
-def test_padding_rows_delete_or_truncate():
-    r = report.padding_rows([5, 12, 7], 10)
-    assert (r["lengths"].tolist(), r["rows"], r["dropped"], r["truncated"]) == ([5, 7], 2, 1, 0)
-    r = report.padding_rows([5, 12, 7], 10, "right")
-    assert (r["lengths"].tolist(), r["rows"], r["dropped"], r["truncated"]) == ([5, 10, 7], 3, 0, 1)
-
-
-def test_find_simulation_prefers_the_exact_variant_and_names_the_fix():
-    sims = [{"global_max_length": 10, "strategy": "bfd", "buffer_size": None, "min_fill_ratio": 0.0,
-             "drop_last": False, "n": 1},
-            {"global_max_length": 10, "strategy": "bfd", "buffer_size": 4, "min_fill_ratio": 0.5,
-             "drop_last": True, "n": 2}]
-    assert report.find_simulation(sims, 10, "bfd", 4, 0.5, True) == (sims[1], True)
-    assert report.find_simulation(sims, 10, "bfd", 4, 0.0, False) == (sims[0], False)
-    assert report.find_simulation(sims, 10, "bfd") == (sims[0], True)
-    assert report.find_simulation(sims, 10, "bfd", None, 0.5, True) == (sims[0], False)  # drops at the end: differs
-    with pytest.raises(ValueError, match="--max_lengths 10,12"):
-        report.find_simulation(sims, 12, "bfd")
-
-
-def test_zero_stage_from_presets_and_json(repo_root, tmp_path):
-    assert report.zero_stage_of(None) == 0
-    assert report.zero_stage_of("zero3_offload") == 3
-    assert report.zero_stage_of(str(repo_root / "configs/deepspeed/zero2.json")) == 2
-    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 1}}')
-    assert report.zero_stage_of(str(tmp_path / "ds.json")) == 1
-    with pytest.raises(FileNotFoundError, match="nope.json"):
-        report.zero_stage_of(str(tmp_path / "nope.json"))
-
-
-# ----------------------------------------------------------------------------------- outputs
 def test_writes_every_output_and_the_pngs_decode_at_full_size(default_report, analysis_dir):
     import matplotlib.image
 
@@ -252,7 +200,7 @@ def test_config_supplies_the_training_setup(dlora_report, data, tiny_model_dir, 
     want = memory_table(ModelShape.from_config(tiny_model_dir), LENGTHS,
                         MemorySetup(tuner="dora" if cfg.tuner.use_dora else cfg.tuner.tuner_type,
                                     lora_rank=cfg.tuner.lora_rank,
-                                    zero_stage=report.zero_stage_of(cfg.deepspeed.config),
+                                    zero_stage=zero_stage_of(cfg.deepspeed.config),
                                     gradient_checkpointing=pt.gradient_checkpointing, world_size=4))
     assert [num(r["total (GiB)"]) for r in mem] == [w["total_gib"] for w in want]
     assert f"No config.json in `{cfg.model.model}`" in (dlora_report / "memory_estimates.md").read_text()
@@ -268,121 +216,3 @@ def test_bad_inputs_fail_with_the_fix_and_write_nothing(analysis_dir, tmp_path, 
     assert not (tmp_path / "g").exists()
 
 
-# ----------------------------------------------------------------------------------- docs
-DOCS = ("docs/temp_packed_dataset/README.md", "docs/temp_packed_dataset/equivalence-analysis.md", "docs/migration.md")
-
-
-def _blocks(text):
-    """Shell commands of each ```bash block (continuation lines joined, comments dropped), per block."""
-    import re
-    import shlex
-
-    out = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        cmds = []
-        for cmd in block.replace("\\\n", " ").splitlines():
-            cmd = cmd.split("#")[0].strip()
-            if cmd:
-                cmds.append(shlex.split(cmd))
-        out.append(cmds)
-    return out
-
-
-def _check_setup_matches_config(analyze, visualize):
-    """The analysis flags of a doc block repeat the training setup of the block's --config."""
-    from swift_plugins.config import resolve_config
-
-    resolved = resolve_config(visualize.config, world_size=visualize.world_size)
-    t, tuner = resolved.config.training, resolved.config.tuner
-    assert analyze.world_size == visualize.world_size
-    assert analyze.effective_batch_size == t.effective_batch_size
-    assert analyze.padding_batch_size == t.per_device_train_batch_size
-    assert analyze.num_train_epochs == t.num_train_epochs
-    assert analyze.max_pixels == resolved.config.template.max_pixels
-    assert analyze.tuner == ("full" if tuner.tuner_type == "full" else "dora" if tuner.use_dora else "lora")
-    assert analyze.lora_rank == tuner.lora_rank
-    assert analyze.zero_stage == report.zero_stage_of(resolved.config.deepspeed.config)
-    assert analyze.gradient_checkpointing == t.gradient_checkpointing
-    assert analyze.train_jsonl == resolved.config.custom.train_jsonl
-
-
-def test_doc_commands_parse_with_the_real_parsers_and_repeat_the_config(repo_root, monkeypatch):
-    """Every analyse / visualize / migrate / sft command in the docs is accepted by its CLI parser, and an
-    analysis next to a visualize --config uses that config's training setup."""
-    from swift_plugins.analysis import migrate
-    from swift_plugins.config import parse_cli
-
-    monkeypatch.chdir(repo_root)
-    parsers = {"scripts/analyze_token_lengths.py": token_analysis.build_parser(),
-               "scripts/visualize_packing_results.py": report.build_parser(),
-               "scripts/migrate_to_packing.py": migrate.build_parser()}
-    seen, paired = set(), 0
-    for doc in DOCS:
-        analyze = None  # the latest analysis command of this doc: the one a following visualize reads
-        for block in _blocks((repo_root / doc).read_text()):
-            for argv in block:
-                if argv[0] == "python" and argv[1] in parsers:
-                    assert (repo_root / argv[1]).is_file()
-                    args = parsers[argv[1]].parse_args(argv[2:])  # SystemExit on an unknown flag
-                    seen.add(argv[1])
-                    if argv[1] == "scripts/analyze_token_lengths.py":
-                        analyze = args
-                    elif argv[1] == "scripts/visualize_packing_results.py" and args.config:
-                        _check_setup_matches_config(analyze, args)
-                        paired += 1
-                elif "swift_plugins.sft" in argv:
-                    parse_cli(argv[argv.index("swift_plugins.sft") + 1:])
-                    seen.add("sft")
-                elif argv[0] == "python":
-                    assert (repo_root / argv[1]).is_file(), argv
-    assert seen == set(parsers) | {"sft"} and paired >= 3  # README: dlora + tiny, migration.md: dlora
-
-
-def test_equivalence_doc_generated_sections_are_current(repo_root):
-    path = repo_root / "docs/temp_packed_dataset/equivalence-analysis.md"
-    text = path.read_text()
-    sections = report.generated_sections()
-    for name in sections:
-        assert report.GENERATED_BEGIN.format(name=name) in text, name
-    assert report.update_generated_docs(text, sections) == text, (
-        "stale generated sections: python scripts/visualize_packing_results.py --update_docs " + str(path))
-
-
-def test_equivalence_doc_prose_states_the_mechanism_and_quotes_no_numbers(repo_root):
-    import re
-
-    text = (repo_root / "docs/temp_packed_dataset/equivalence-analysis.md").read_text()
-    prose = re.sub(r"<!-- generated:(\S+) begin.*?<!-- generated:\1 end -->", "", text, flags=re.S)
-    prose = re.sub(r"```.*?```", "", prose, flags=re.S)
-    for term in ("num_items_in_batch", "-100", "cu_seqlens", "block-diagonal", "get_rope_index", "mrope",
-                 "token mean", "warmup_ratio", "eval_steps", "save_steps", "save_delay_steps", "logging_steps",
-                 "learning-rate schedule", "samples per step", "optimizer steps per epoch",
-                 "ceil(packs / effective_batch_size)", "average_tokens_across_devices"):
-        assert term in prose, term
-    prose = re.sub(r"(?m)^(#+ )?\d+\. ", "", prose)  # section and list numbering
-    prose = prose.replace("ms-swift 4.6", "").replace("transformers 5.x", "").replace("arXiv 2410.08081", "")
-    numbers = {m.rstrip(".,") for m in re.findall(r"(?<![\w.-])\d[\d,.]*(?![\w])", prose)}
-    assert numbers <= {"0", "1", "2"}, numbers  # formulas only (x + 1, 1/2); results live in generated files
-
-
-def test_read_sample_stats_exact_rows_and_errors(tmp_path):
-    path = tmp_path / "sample_stats.jsonl"
-    path.write_text('{"line": 1, "text_tokens": 40, "image_tokens": 64, "total_tokens": 104, "num_objects": 2}\n'
-                    '\n'
-                    '{"line": 3, "text_tokens": 7, "image_tokens": 0, "total_tokens": 7}\n')
-    rows = report.read_sample_stats(str(path))
-    assert rows.dtype == np.int64 and rows.tolist() == [[40, 64, 104], [7, 0, 7]]
-    path.write_text("")
-    assert report.read_sample_stats(str(path)).shape == (0, 3)
-    bad = {'{"text_tokens": 1, "image_tokens": 2, "total_tokens": 3.0}':
-           "field 'total_tokens' must be a non-negative integer, got 3.0",
-           '{"text_tokens": true, "image_tokens": 2, "total_tokens": 3}':
-           "field 'text_tokens' must be a non-negative integer, got True",
-           '{"text_tokens": 1, "total_tokens": 3}': "field 'image_tokens' must be a non-negative integer, got None",
-           '[1, 2, 3]': "field 'text_tokens' must be a non-negative integer, got None",
-           '{"text_tokens": 1,': "not valid JSON"}
-    for line, message in bad.items():
-        path.write_text('{"text_tokens": 1, "image_tokens": 2, "total_tokens": 3}\n' + line + "\n")
-        with pytest.raises(ValueError) as e:
-            report.read_sample_stats(str(path))
-        assert str(e.value).startswith(f"{path}:2: {message}") and report.ANALYZE_HINT in str(e.value)

@@ -15,7 +15,7 @@ def _run(model, jsonl, out, cache, *extra):
     argv = ["--model_path", str(model), "--train_jsonl", str(jsonl), "--output_dir", str(out),
             "--cache_dir", str(cache), "--max_lengths", "4000,8000", "--effective_batch_size", "8",
             "--world_size", "2", "--num_train_epochs", "2", *extra]
-    return token_analysis.run(token_analysis.build_parser().parse_args(argv))
+    return token_analysis.run(token_analysis.options_from_argv(argv))
 
 
 def _rows(path):
@@ -112,7 +112,7 @@ def test_cache_reuses_and_invalidates_and_workers_do_not_change_results(tiny_mod
     _run(tiny_model_dir, jsonl, tmp_path / "d", cache)
     assert "from cache" not in (tmp_path / "d" / "analysis_full.log").read_text()
     assert len(_rows(tmp_path / "d" / "sample_stats.jsonl")) == len(lines) - 1
-    _run(tiny_model_dir, jsonl, tmp_path / "e", cache, "--clear-cache")
+    _run(tiny_model_dir, jsonl, tmp_path / "e", cache, "--clear_cache")
     assert "from cache" not in (tmp_path / "e" / "analysis_full.log").read_text()
 
 
@@ -121,7 +121,7 @@ def test_help_explains_every_flag(capsys):
         token_analysis.main(["--help"])
     text = capsys.readouterr().out
     for flag in ("--model_path", "--train_jsonl", "--output_dir", "--max_samples", "--num_workers", "--on_error",
-                 "--clear-cache", "--max_lengths", "--strategies", "--packing_buffer", "--effective_batch_size"):
+                 "--clear_cache", "--max_lengths", "--strategies", "--packing_buffer", "--effective_batch_size"):
         assert flag in text
 
 

@@ -1,0 +1,190 @@
+"""Export: our options as :data:`RuntimeOptions`, the flat ms-swift arguments, and ``--export_flat``.
+
+Two ways a resolved config reaches ms-swift, with the same arguments::
+
+    python -m swift_plugins.sft --config X         swift sft OUT.yaml   (after --export_flat OUT.yaml)
+      flat_swift_args(with_runtime_fields=True)       OUT.yaml = flat_swift_args(resolved)
+      -> argv with swiftpack_<option> fields          OUT.swiftpack.json = RuntimeOptions (sidecar)
+                                                      swiftpack_options_OUT.py: register_plugins(sidecar=...)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
+
+from swift_plugins.config.resolve import ResolvedConfig
+from swift_plugins.config.schema import OURS, SCHEMA_LEAVES, SWIFT
+from swift_plugins.data.conversation import ConversationOptions
+from swift_plugins.errors import UserError
+from swift_plugins.files import atomic_write_text
+from swift_plugins.names import (CALLBACK_DATA_ORDER, CALLBACK_SAVE_DELAY, FIELD_PREFIX, OPTIMIZER_NAME,
+                                 PACKING_TEMPLATE)
+
+__all__ = ["SIDECAR_FORMAT", "ExportedFiles", "RuntimeOptions", "export_flat", "flat_swift_args", "load_sidecar",
+           "runtime_options", "swift_argv"]
+
+SIDECAR_FORMAT = "swiftpack-options/1"
+
+def _runtime_fields() -> List[Tuple[str, Any, Any, str]]:
+    out = [(leaf.meta["name"], leaf.type, leaf.default, leaf.meta["help"]) for leaf in SCHEMA_LEAVES
+           if leaf.meta["target"] == OURS]
+    assert len({name for name, _, _, _ in out}) == len(out), "runtime option names must be unique"
+    return out
+
+
+# Our keys as one flat, frozen dataclass: what the entry point's args carry as swiftpack_<name>
+# fields and what a sidecar JSON holds. Generated from the schema (one source of truth), help included.
+RuntimeOptions = dataclasses.make_dataclass(
+    "RuntimeOptions", [(name, tp, field(default=default, metadata={"help": help_text}))
+                       for name, tp, default, help_text in _runtime_fields()],
+    frozen=True)
+RuntimeOptions.__module__ = __name__
+RuntimeOptions.__doc__ = ("swift_plugins' own options (packing, save_delay_steps, custom.*), flat. "
+                          "packing_seed is resolved (training.seed when the config leaves it null).")
+
+
+def _conversation_options(self) -> ConversationOptions:
+    return ConversationOptions(prompt=self.prompt, object_ordering=self.object_ordering, emit_norm=self.emit_norm,
+                               seed=self.conversation_seed, coord_tokens=self.coord_tokens,
+                               coord_offset=self.coord_offset)
+
+
+RuntimeOptions.conversation_options = _conversation_options
+
+
+def runtime_options(resolved: ResolvedConfig) -> Any:
+    """The :class:`RuntimeOptions` of a resolved config (``packing_seed`` null -> training.seed)."""
+    kwargs = {leaf.meta["name"]: resolved.value(leaf.dotted) for leaf in SCHEMA_LEAVES
+              if leaf.meta["target"] == OURS}
+    if kwargs["packing_seed"] is None:
+        kwargs["packing_seed"] = resolved.config.training.seed
+    return RuntimeOptions(**kwargs)
+
+
+def load_sidecar(path: str) -> Tuple[Any, int]:
+    """Sidecar JSON written by :func:`export_flat` -> (RuntimeOptions, world size it was exported for)."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if data.get("format") != SIDECAR_FORMAT:
+        raise UserError(f"{path}: not a swift_plugins sidecar (format {data.get('format')!r}, expected "
+                        f"{SIDECAR_FORMAT!r}); re-export it with --export_flat")
+    names = {f.name for f in dataclasses.fields(RuntimeOptions)}
+    unknown = sorted(set(data["options"]) - names)
+    missing = sorted(names - set(data["options"]))
+    if unknown or missing:
+        raise UserError(f"{path}: options do not match this swift_plugins version (unknown: {unknown}, missing: "
+                        f"{missing}); re-export it with --export_flat")
+    return RuntimeOptions(**data["options"]), int(data["world_size"])
+
+
+def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = False) -> Dict[str, Any]:
+    """ms-swift arguments (name -> YAML value) for ``swift sft``; None values are left out.
+
+    Always explicit: ``tuner_type``, ``check_model``, ``gradient_accumulation_steps``. Our keys are
+    not here (ms-swift rejects unknown arguments) unless ``with_runtime_fields`` (entry point args:
+    ``swiftpack_<name>`` fields of :class:`swift_plugins.training.pipeline.SwiftpackSftArguments`).
+    """
+    cfg = resolved.config
+    out: Dict[str, Any] = {}
+    for leaf in SCHEMA_LEAVES:
+        if leaf.meta["target"] != SWIFT:
+            continue
+        value = resolved.value(leaf.dotted)
+        if leaf.dotted == "training.optimizer":
+            value = OPTIMIZER_NAME if value == "multimodal" else value
+        if leaf.dotted == "training.gradient_accumulation_steps":
+            value = resolved.gradient_accumulation_steps
+        if value is not None and value != []:  # ms-swift's list arguments take nargs="+"
+            out[leaf.meta["name"]] = value
+    if cfg.training.packing:  # the packing template isolates packed samples (swift_plugins.training.template)
+        out["template"] = PACKING_TEMPLATE
+        # fresh dataloader workers each epoch see the epoch's pack order (persistent ones would not)
+        out["dataloader_persistent_workers"] = False
+    out["dataset"] = [cfg.custom.train_jsonl]
+    if cfg.custom.val_jsonl is not None:
+        out["val_dataset"] = [cfg.custom.val_jsonl]
+    options = runtime_options(resolved)
+    callbacks = []
+    if options.save_delay_steps > 0:
+        callbacks.append(CALLBACK_SAVE_DELAY)
+    if options.log_data_order:
+        callbacks.append(CALLBACK_DATA_ORDER)
+    if callbacks:
+        out["callbacks"] = callbacks
+    for name, value in cfg.swift.items():
+        out[name] = value
+    if with_runtime_fields:
+        for f in dataclasses.fields(options):
+            value = getattr(options, f.name)
+            if value is not None:
+                out[FIELD_PREFIX + f.name] = value
+    return out
+
+
+def swift_argv(args: Mapping[str, Any]) -> List[str]:
+    """Arguments -> argv exactly as ms-swift's ``parse_yaml_args`` turns a YAML file into argv."""
+    argv: List[str] = []
+    for name, value in args.items():
+        argv.append(f"--{name}")
+        if isinstance(value, list):
+            argv += [str(v) for v in value]
+        elif isinstance(value, dict):
+            argv.append(json.dumps(value, ensure_ascii=False))
+        else:
+            argv.append(str(value))
+    return argv
+
+
+@dataclass(frozen=True)
+class ExportedFiles:
+    flat_yaml: str
+    sidecar_json: str
+    plugin_py: str
+
+
+def export_flat(resolved: ResolvedConfig, out_yaml: str, *, command: str = "",
+                display_path: Optional[str] = None) -> ExportedFiles:
+    """Write ``OUT.yaml`` (ms-swift keys only), ``OUT.swiftpack.json`` (our options) and
+    ``swiftpack_options_<stem>.py`` (a plugin that registers the sidecar) next to each other.
+
+    ``swift sft OUT.yaml`` then imports the plugin (``external_plugins``, absolute path), which
+    registers the JSONL datasets, callbacks, optimizer and packing hook from the sidecar.
+    """
+    out_yaml = os.path.abspath(out_yaml)
+    folder, base = os.path.split(out_yaml)
+    stem = os.path.splitext(base)[0]
+    sidecar = os.path.join(folder, f"{stem}.swiftpack.json")
+    plugin = os.path.join(folder, f"swiftpack_options_{re.sub(r'[^0-9A-Za-z_]', '_', stem)}.py")
+    args = flat_swift_args(resolved)
+    args["external_plugins"] = [plugin] + list(args.get("external_plugins") or [])
+    options = runtime_options(resolved)
+    shown = display_path or out_yaml
+    launch = (f"swift sft {shown}" if resolved.world_size == 1 else
+              f"NPROC_PER_NODE={resolved.world_size} swift sft {shown}   (ms-swift starts torchrun)")
+    header = [f"# Flat ms-swift config exported from {resolved.files[-1]}; gradient_accumulation_steps is for "
+              f"world_size {resolved.world_size}.",
+              f"# Run from the directory the config's relative paths start at (the repository root): {launch}",
+              "# swift_plugins' own options (packing, save_delay_steps, custom.*) are in the sidecar JSON, registered "
+              "by the plugin in external_plugins.",
+              f"# Re-export after changes: {command}" if command else
+              "# Re-export after changes: python -m swift_plugins.sft --config FILE --export_flat OUT.yaml"]
+    body = yaml.safe_dump(args, sort_keys=False, allow_unicode=True, width=10 ** 6)
+    sidecar_data = {"format": SIDECAR_FORMAT, "source_config": resolved.files[-1],
+                    "world_size": resolved.world_size, "options": dataclasses.asdict(options)}
+    plugin_text = (f'"""Generated by swift_plugins.config.export_flat for {base}; do not edit (re-export).\n\n'
+                   f"ms-swift imports this file (external_plugins); it registers swift_plugins with ms-swift\n"
+                   f'and the run options from the sidecar JSON next to it, nothing else."""\n'
+                   f"from swift_plugins import register_plugins\n\n"
+                   f"register_plugins(sidecar={json.dumps(sidecar)})\n")
+    atomic_write_text(sidecar, json.dumps(sidecar_data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(plugin, plugin_text)
+    atomic_write_text(out_yaml, "\n".join(header) + "\n" + body)
+    return ExportedFiles(flat_yaml=out_yaml, sidecar_json=sidecar, plugin_py=plugin)
+
+

@@ -1,0 +1,235 @@
+"""LVIS polygon-detection records: the schema and its one validator (``path:line: field: what (fix)``).
+
+Pure Python (PIL reads image headers, nothing else): analysis, the converter, the sample
+generators and training all read records through :func:`swift_plugins.data.iter_records`, so one
+set of rules decides what a valid record is.
+
+Record (one JSON object per line; keys other than these are allowed and ignored)::
+
+    {"images": ["images/000000000139.jpg"],        # exactly one path, relative to the JSONL's folder
+     "width": 640, "height": 416,                  # stored image size in pixels (positive ints)
+     "objects": [                                  # at least one
+        {"desc": "dog", "poly": [212, 90, 260, 95, 240, 180]},   # x1, y1, x2, y2, ... >= 3 points
+        {"desc": "frisbee", "bbox_2d": [300, 40, 352, 71]}]}    # x1, y1, x2, y2 with x1 <= x2, y1 <= y2
+
+Coordinates are pixel positions in the stored image, inclusive range ``0 <= x <= width``,
+``0 <= y <= height``; ints or finite floats. Degenerate boxes (x1 == x2) are accepted.
+
+Errors: every problem is a :class:`RecordError` whose ``str`` is ``path:line: field: what is wrong
+(fix)``, e.g.::
+
+    data/train.jsonl:7: objects[2].poly: odd number of values (7); a polygon is x1, y1, x2, y2, ...
+    (give every point both coordinates)
+
+Lines are numbered from 1 as in an editor. A blank (whitespace-only) line is not a record: it is
+counted in ``ReadSummary.blank_lines`` and never reported as skipped. The validator reports the
+first problem of a record (cheap structural checks first, the image header on disk last).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Optional
+
+from swift_plugins.data.image_size import MAX_ASPECT_RATIO
+from swift_plugins.errors import UserError
+
+__all__ = ["ON_ERROR_CHOICES", "OptionNotImplementedError", "RecordError", "parse_record", "show_value",
+           "validate_record"]
+
+ON_ERROR_CHOICES = ("raise", "skip")
+
+
+# --------------------------------------------------------------------------------------- errors
+class RecordError(UserError):
+    """One bad record: ``str(e) == f"{path}:{line}: {field}: {message}"``.
+
+    ``message`` is "what is wrong (fix)"; ``kind`` is a stable short code (``"bbox_inverted"``,
+    ``"image_missing"``, ...) used to count skipped records by reason.
+    """
+
+    def __init__(self, path: str, line: int, field: str, message: str, kind: str):
+        self.path, self.line, self.field, self.message, self.kind = str(path), line, field, message, kind
+        super().__init__(f"{self.path}:{line}: {field}: {message}")
+
+    def __reduce__(self):  # picklable across worker processes
+        return (RecordError, (self.path, self.line, self.field, self.message, self.kind))
+
+
+class OptionNotImplementedError(UserError, NotImplementedError):
+    """An option the config schema accepts but this code does not implement (never ignored)."""
+
+
+class _Problem(Exception):
+    """Internal: a record problem before the path/line are attached."""
+
+    def __init__(self, kind: str, field: str, what: str, fix: str):
+        super().__init__(kind, field, what, fix)
+        self.kind, self.field, self.message = kind, field, f"{what} ({fix})"
+
+# ----------------------------------------------------------------------------------- validation
+def parse_record(text: str | bytes, *, path: str = "<record>", line: int = 0) -> dict:
+    """Decode one JSONL line into a dict, or raise ``RecordError`` (kinds invalid_json, not_an_object)."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        record = json.loads(text.rstrip("\r\n"))  # columns in errors refer to the line as written
+    except UnicodeDecodeError as e:
+        raise RecordError(path, line, "<json>", f"not valid UTF-8 ({e.reason} at byte {e.start}) "
+                          "(save the file as UTF-8)", "invalid_json") from None
+    except json.JSONDecodeError as e:
+        raise RecordError(path, line, "<json>", f"invalid JSON: {e.msg} at column {e.colno} "
+                          "(write exactly one JSON object per line)", "invalid_json") from None
+    if not isinstance(record, dict):
+        raise RecordError(path, line, "<record>", f"expected a JSON object, got {_json_type(record)} "
+                          "(write exactly one JSON object per line)", "not_an_object")
+    return record
+
+
+def validate_record(record: Any, *, path: str = "<record>", line: int = 0, base_dir: Optional[str] = None,
+                    check_images: bool = True) -> dict:
+    """Check one parsed record; return it unchanged or raise :class:`RecordError`.
+
+    ``base_dir`` resolves relative image paths (default: the folder of ``path``). With
+    ``check_images`` the image header is read with PIL (no pixel decoding) and its size must equal
+    width/height; without it the disk is never touched (the synthetic set has no image files).
+    """
+    try:
+        _validate(record, base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path)),
+                  check_images)
+    except _Problem as p:
+        raise RecordError(path, line, p.field, p.message, p.kind) from None
+    return record
+
+
+def _json_type(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def show_value(v: Any) -> str:
+    s = json.dumps(v, ensure_ascii=False) if isinstance(v, (str, int, float, bool, type(None))) else _json_type(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _validate(rec: Any, base_dir: str, check_images: bool) -> None:
+    if not isinstance(rec, dict):
+        raise _Problem("not_an_object", "<record>", f"expected a JSON object, got {_json_type(rec)}",
+                       "write exactly one JSON object per line")
+    # images
+    if "images" not in rec:
+        raise _Problem("missing_images", "images", "missing",
+                       'add "images": ["path/to/image.jpg"], relative to the JSONL\'s folder')
+    images = rec["images"]
+    if not (isinstance(images, list) and len(images) == 1 and isinstance(images[0], str) and images[0]):
+        raise _Problem("bad_images", "images", f"expected a list of exactly one image path, got {show_value(images)}"
+                       + (f" with {len(images)} entries" if isinstance(images, list) else ""),
+                       'write "images": ["path/to/image.jpg"]')
+    # width / height
+    size = {}
+    for key in ("width", "height"):
+        if key not in rec:
+            raise _Problem("missing_size", key, "missing", f"add the stored image's {key} in pixels as an integer")
+        v = rec[key]
+        if type(v) is not int or v <= 0:
+            raise _Problem("bad_size", key, f"expected a positive integer, got {show_value(v)}",
+                           f"write the stored image's {key} in pixels as an integer")
+        size[key] = v
+    w, h = size["width"], size["height"]
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise _Problem("aspect_ratio", "width/height",
+                       f"aspect ratio {max(w, h) / min(w, h):.1f} ({w}x{h}) exceeds {MAX_ASPECT_RATIO}",
+                       "the Qwen-VL resize refuses it; crop or pad the image")
+    # objects
+    if "objects" not in rec or not isinstance(rec["objects"], list):
+        got = "missing" if "objects" not in rec else f"expected a list, got {show_value(rec['objects'])}"
+        raise _Problem("missing_objects", "objects", got, 'add "objects": [{"desc": ..., "poly": [...]}, ...]')
+    objects = rec["objects"]
+    if not objects:
+        raise _Problem("no_objects", "objects", "empty list", "a record needs at least one object; drop the record")
+    for i, obj in enumerate(objects):
+        _validate_object(obj, f"objects[{i}]", w, h)
+    if check_images:
+        _validate_image(images[0], base_dir, w, h)
+
+
+def _validate_object(obj: Any, where: str, w: int, h: int) -> None:
+    if not isinstance(obj, dict):
+        raise _Problem("bad_object", where, f"expected an object, got {show_value(obj)}",
+                       'write {"desc": ..., "poly": [...]} or {"desc": ..., "bbox_2d": [...]}')
+    desc = obj.get("desc")
+    if not isinstance(desc, str) or not desc.strip():
+        what = "missing" if "desc" not in obj else f"expected a non-empty string, got {show_value(desc)}"
+        raise _Problem("missing_desc", f"{where}.desc", what, "give the object's category name")
+    has_poly, has_bbox = "poly" in obj, "bbox_2d" in obj
+    if has_poly == has_bbox:
+        what = 'has both "poly" and "bbox_2d"' if has_poly else 'has neither "poly" nor "bbox_2d"'
+        raise _Problem("ambiguous_geometry" if has_poly else "missing_geometry", where, what,
+                       "give exactly one geometry per object")
+    if has_poly:
+        field_, v = f"{where}.poly", obj["poly"]
+        if not isinstance(v, list):
+            raise _Problem("poly_non_numeric", field_, f"expected a list of numbers, got {show_value(v)}",
+                           "write the polygon as [x1, y1, x2, y2, ...]")
+        _check_numbers(v, field_, "poly_non_numeric")
+        if len(v) % 2:
+            raise _Problem("poly_odd_length", field_,
+                           f"odd number of values ({len(v)}); a polygon is x1, y1, x2, y2, ...",
+                           "give every point both coordinates")
+        if len(v) < 6:
+            raise _Problem("poly_too_few_points", field_, f"{len(v) // 2} point(s); a polygon needs at least 3",
+                           "drop the object or give it a bbox_2d")
+    else:
+        field_, v = f"{where}.bbox_2d", obj["bbox_2d"]
+        if not isinstance(v, list) or len(v) != 4:
+            got = f"{len(v)} values" if isinstance(v, list) else show_value(v)
+            raise _Problem("bbox_arity", field_, f"expected 4 values [x1, y1, x2, y2], got {got}",
+                           "write the box as [x1, y1, x2, y2] in pixels (convert [x, y, w, h] first)")
+        _check_numbers(v, field_, "bbox_non_numeric")
+        if v[2] < v[0] or v[3] < v[1]:
+            raise _Problem("bbox_inverted", field_, f"x2 < x1 or y2 < y1 in {json.dumps(v)}",
+                           "write the box as [x1, y1, x2, y2] with the top-left corner first")
+    _check_range(v, field_, w, h)
+
+
+_NUMBER_TYPES = frozenset((int, float))
+
+
+def _check_numbers(values: list, field_: str, kind: str) -> None:
+    types = set(map(type, values))  # C-speed fast path; bool is excluded (type(True) is bool)
+    if types <= _NUMBER_TYPES and (float not in types or all(map(math.isfinite, values))):
+        return
+    for i, v in enumerate(values):
+        if type(v) not in _NUMBER_TYPES or not math.isfinite(v):
+            raise _Problem(kind, field_, f"value {i} is {show_value(v)}, not a finite number",
+                           "write coordinates as plain JSON numbers")
+
+
+def _check_range(values: list, field_: str, w: int, h: int) -> None:
+    xs, ys = values[0::2], values[1::2]
+    if min(xs) >= 0 and max(xs) <= w and min(ys) >= 0 and max(ys) <= h:
+        return
+    for i, v in enumerate(values):
+        axis, limit = ("x", w) if i % 2 == 0 else ("y", h)
+        if not 0 <= v <= limit:
+            raise _Problem("coord_out_of_range", field_, f"{axis} = {show_value(v)} (value {i}) is outside "
+                           f"the image [0, {limit}]", "clamp coordinates to the image or fix width/height")
+
+
+def _validate_image(image: str, base_dir: str, w: int, h: int) -> None:
+    full = image if os.path.isabs(image) else os.path.join(base_dir, image)
+    if not os.path.isfile(full):
+        raise _Problem("image_missing", "images[0]", f"file not found: {full}",
+                       "fix the path; relative paths resolve against the JSONL's folder")
+    from PIL import Image  # header only: Image.open is lazy, .size needs no pixel decoding
+    try:
+        with Image.open(full) as im:
+            iw, ih = im.size
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        raise _Problem("image_unreadable", "images[0]", f"cannot read the image header of {full}: "
+                       f"{type(e).__name__}: {e}", "re-encode the image as JPEG or PNG") from None
+    if (iw, ih) != (w, h):
+        raise _Problem("image_size_mismatch", "images[0]", f"the image is {iw}x{ih} but the record says "
+                       f"width={w}, height={h}", "set width/height to the stored image's size")
+

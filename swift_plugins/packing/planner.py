@@ -1,0 +1,503 @@
+"""Packing planner: which samples go into which pack, decided from lengths alone.
+
+Pure numpy/python (no torch, no ms-swift), deterministic, and lossless in accounting:
+every input index ends up in exactly one pack or in ``dropped`` with a reason.
+
+    >>> plan = plan_packs([7, 5, 4, 3, 1], max_length=10)
+    >>> sorted(plan.packs)            # FFD: 7+3, 5+4+1
+    [[0, 3], [1, 2, 4]]
+    >>> plan.stats([7, 5, 4, 3, 1])["efficiency"]
+    1.0
+
+Strategies (``strategy=``), on lengths ``[4, 6, 2, 6, 4]`` with ``max_length=10``:
+
+    =========  ===============================================  =========================
+    strategy   rule                                             packs (by length)
+    =========  ===============================================  =========================
+    bfd        global first-fit decreasing (see below)          [6,4] [6,4] [2]
+    greedy     sort by length desc, then next-fit               [6] [6,4] [4,2]
+    next_fit   data order, one open pack, flush when full       [4,6] [2,6] [4]
+    random     seeded shuffle, then next-fit                    depends on ``seed``
+    =========  ===============================================  =========================
+
+Why ``"bfd"`` runs first-fit decreasing (FFD). Best-fit decreasing and first-fit
+decreasing have the same asymptotic worst case (11/9 OPT) and on the LVIS-like length set
+both land on or next to the L1 bound ``ceil(sum / max_length)``. Measured by
+``bench/bench_packing.py`` on the 99,388 LVIS-like lengths (docs/benchmarks.md):
+
+    max_length         12,000   20,000   24,000
+    L1 bound           10,326    6,401    5,374
+    FFD (= "bfd")      10,327    6,402    5,374
+    BFD reference      10,327    6,402    5,374
+
+Same pack counts, and this FFD runs 7-12x faster than the item-by-item BFD reference in
+the same run, so FFD it is. FFD has a property BFD lacks that
+makes it fast in Python: FFD's pack *j* is exactly "scan the still-unplaced samples from
+longest to shortest and take every one that fits", independent of later packs. So packs
+are filled one at a time with a predecessor search (``bisect``) over the *distinct*
+remaining lengths, taking all copies of a length that fit in one step: O(n log n) with a
+Python loop over (pack, distinct length) pairs instead of over samples x packs. By
+construction it produces exactly the packs of textbook FFD (``tests/test_packing.py``
+checks this against a plain reference FFD), so it never uses more packs than FFD.
+
+Ties are broken by sample index: samples are ordered by ``(-length, index)``.
+
+Controls
+--------
+* ``overlong``: ``"drop"`` reports samples with ``length > max_length`` as dropped with
+  reason ``"overlong: 25011 > max_length 20000"``; ``"error"`` raises a ValueError listing
+  them. ``"split"`` belongs to the data layer (split before planning) and is refused here.
+* zero-length samples carry no tokens to train on and would create empty segments in a
+  packed batch: they are always dropped with reason ``"empty: length 0"``.
+* ``max_samples_per_pack``: no pack holds more samples than this.
+* ``buffer_size``: plan independently within consecutive windows of ``buffer_size``
+  samples in data order (streaming / bounded look-ahead). ``None`` = one window.
+* ``min_fill_ratio`` / ``drop_last``. A pack is *underfilled* when
+  ``sum(lengths) / max_length < min_fill_ratio``. After planning a window, underfilled
+  packs are held back: their samples are carried into the next window and planned again
+  with it (at most ``buffer_size`` samples are carried; if more, the underfilled packs
+  holding the oldest samples are finalised first). An underfilled pack is *finalised*
+  when no window is left (or when evicted from a full carry). Finalised underfilled
+  packs are kept when ``drop_last=False`` and dropped, samples reported, when
+  ``drop_last=True``. So with ``drop_last=True`` every pack in the plan has
+  ``fill >= min_fill_ratio`` and ``dropped`` holds exactly the samples of the packs that
+  did not get there. With ``min_fill_ratio == 0`` no pack is underfilled, nothing is held
+  back and ``drop_last`` drops nothing.
+
+  Worked example: ``lengths=[9, 8, 3]``, ``max_length=10``, ``min_fill_ratio=0.5``,
+  ``drop_last=True``, no buffer. FFD packs ``[9]`` (0.9), ``[8]`` (0.8), ``[3]`` (0.3).
+  ``[3]`` is underfilled and no samples are left to fill it, so it is dropped:
+  ``packs=[[0], [1]]``, ``dropped=[2]``, ``drop_reasons={2: "drop_last: underfilled pack
+  (fill 0.3000 < min_fill_ratio 0.5)"}``. With ``buffer_size=2`` the first window
+  ``[9, 8]`` gives ``[9]``, ``[8]``, both kept; the last window ``[3]`` gives the same drop.
+
+After planning, the order of packs is shuffled with ``numpy.random.default_rng`` seeded
+from ``seed`` (sorted strategies would otherwise feed all long packs first), and indices
+inside a pack are ascending. Same inputs and seed give the same plan; there are no
+threads, hash- or dict-order dependencies (numpy's Generator streams are stable for a
+given numpy version).
+
+Data-parallel balance: see :func:`swift_plugins.packing.deal.deal_packs`.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import numbers
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from swift_plugins.files import atomic_write_text
+
+__all__ = ["OVERLONG_CHOICES", "STRATEGIES", "PackPlan", "is_integer", "plan_packs"]
+
+STRATEGIES = ("bfd", "greedy", "next_fit", "random")
+# What happens to a sample longer than max_length: drop (reported), error, split (the data layer
+# cuts a dense record into pieces that fit before planning; plan_packs itself refuses it).
+OVERLONG_CHOICES = ("drop", "error", "split")
+_PLAN_FORMAT = "swiftpack.pack_plan"
+_PLAN_VERSION = 1
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """Result of :func:`plan_packs`.
+
+    packs: pack -> sample indices (ascending inside a pack; pack order is the shuffled
+        training order). dropped: sorted indices that are in no pack. drop_reasons:
+        index -> short stable reason; the text before the first ``":"`` is its kind
+        (``overlong``, ``empty``, ``drop_last``). options: the other planning arguments,
+        kept so a saved plan says how it was made.
+    """
+
+    packs: list[list[int]]
+    dropped: list[int]
+    drop_reasons: dict[int, str]
+    max_length: int
+    strategy: str
+    num_samples: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_packs(self) -> int:
+        return len(self.packs)
+
+    def _check_lengths(self, lengths) -> np.ndarray:
+        lens = np.asarray(lengths)
+        if lens.ndim != 1 or len(lens) != self.num_samples:
+            raise ValueError(
+                f"lengths has {len(lens) if lens.ndim == 1 else lens.shape} entries but this plan was made "
+                f"for {self.num_samples} samples; pass the same lengths given to plan_packs")
+        return lens.astype(np.int64, copy=False)
+
+    def pack_lengths(self, lengths) -> list[int]:
+        """Tokens per pack, in pack order: ``[sum(lengths[i] for i in p) for p in packs]``."""
+        lens = self._check_lengths(lengths)
+        if not self.packs:
+            return []
+        flat = np.fromiter((i for p in self.packs for i in p), dtype=np.int64)
+        starts = np.cumsum([0] + [len(p) for p in self.packs[:-1]])
+        return np.add.reduceat(lens[flat], starts).tolist()
+
+    def stats(self, lengths) -> dict[str, Any]:
+        """Plain-dict summary. ``efficiency`` = packed tokens / (num_packs * max_length);
+        ``l1_bound`` = ceil(packed tokens / max_length), the fewest packs possible."""
+        lens = self._check_lengths(lengths)
+        pl = np.asarray(self.pack_lengths(lens), dtype=np.int64)
+        packed_tokens = int(pl.sum())
+        num_packed = sum(len(p) for p in self.packs)
+        fills = pl / self.max_length if len(pl) else np.zeros(0)
+        efficiency = packed_tokens / (self.num_packs * self.max_length) if self.num_packs else 0.0
+        by_kind: dict[str, int] = {}
+        for i in self.dropped:
+            kind = self.drop_reasons[i].split(":", 1)[0]
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+        return {
+            "num_samples": self.num_samples,
+            "num_packed": num_packed,
+            "num_packs": self.num_packs,
+            "avg_samples_per_pack": num_packed / self.num_packs if self.num_packs else 0.0,
+            "packed_tokens": packed_tokens,
+            "efficiency": efficiency,
+            "l1_bound": -(-packed_tokens // self.max_length),
+            "samples_dropped": len(self.dropped),
+            "tokens_dropped": int(lens[np.asarray(self.dropped, dtype=np.int64)].sum()) if self.dropped else 0,
+            "min_fill": float(fills.min()) if len(fills) else 0.0,
+            "mean_fill": efficiency,  # mean of per-pack fills, computed exactly
+            "max_fill": float(fills.max()) if len(fills) else 0.0,
+            "dropped_by_reason": dict(sorted(by_kind.items())),
+            "max_length": self.max_length,
+            "strategy": self.strategy,
+        }
+
+    # -- persistence: plain lists, so a plan can live in a training output dir
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": _PLAN_FORMAT,
+            "version": _PLAN_VERSION,
+            "max_length": self.max_length,
+            "strategy": self.strategy,
+            "num_samples": self.num_samples,
+            "options": dict(self.options),
+            "packs": [list(p) for p in self.packs],
+            "dropped": list(self.dropped),
+            "drop_reasons": [[i, self.drop_reasons[i]] for i in sorted(self.drop_reasons)],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PackPlan":
+        if d.get("format") != _PLAN_FORMAT or d.get("version") != _PLAN_VERSION:
+            raise ValueError(
+                f"not a pack plan: expected format {_PLAN_FORMAT!r} version {_PLAN_VERSION}, got "
+                f"format {d.get('format')!r} version {d.get('version')!r}")
+        return cls(
+            packs=[[int(i) for i in p] for p in d["packs"]],
+            dropped=[int(i) for i in d["dropped"]],
+            drop_reasons={int(i): str(r) for i, r in d["drop_reasons"]},
+            max_length=int(d["max_length"]),
+            strategy=str(d["strategy"]),
+            num_samples=int(d["num_samples"]),
+            options=dict(d.get("options", {})),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "PackPlan":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``to_json()`` atomically (``swift_plugins.files.atomic_write_text``)."""
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PackPlan":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read())
+
+
+def is_integer(x) -> bool:
+    """An int or numpy integer, not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def _validate(lengths, max_length, strategy, seed, buffer_size, min_fill_ratio, drop_last, overlong,
+              max_samples_per_pack) -> np.ndarray:
+    """Check every argument, raise one ValueError naming all problems; return int64 lengths."""
+    errors: list[str] = []
+    lens = None
+    try:
+        arr = np.asarray(lengths)
+    except Exception as e:  # ragged nested lists etc.
+        arr = None
+        errors.append(f"lengths must be a 1-D sequence of non-negative integers ({e})")
+    if arr is not None:
+        if arr.ndim != 1:
+            errors.append(f"lengths must be 1-D, got shape {arr.shape}")
+        elif arr.size and arr.dtype == object and all(is_integer(x) for x in arr.tolist()):
+            arr = arr.astype(np.int64)
+        if arr.ndim == 1 and arr.size and (arr.dtype.kind not in "iu"):
+            errors.append(f"lengths must be integers (token counts), got dtype {arr.dtype}")
+        elif arr.ndim == 1:
+            arr = arr.astype(np.int64)
+            neg = np.flatnonzero(arr < 0)
+            if len(neg):
+                shown = ", ".join(f"index {i} ({arr[i]})" for i in neg[:5].tolist())
+                more = f" and {len(neg) - 5} more" if len(neg) > 5 else ""
+                errors.append(f"lengths must be non-negative: {shown}{more}")
+            else:
+                lens = arr
+    if not is_integer(max_length) or max_length <= 0:
+        errors.append(f"max_length must be a positive integer, got {max_length!r}")
+    if strategy not in STRATEGIES:
+        errors.append(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
+    if not is_integer(seed) or seed < 0:
+        errors.append(f"seed must be a non-negative integer, got {seed!r}")
+    if buffer_size is not None and (not is_integer(buffer_size) or buffer_size < 1):
+        errors.append(f"buffer_size must be None (whole dataset) or an integer >= 1, got {buffer_size!r}")
+    if (not isinstance(min_fill_ratio, numbers.Real) or isinstance(min_fill_ratio, (bool, np.bool_))
+            or not 0.0 <= min_fill_ratio <= 1.0):
+        errors.append(f"min_fill_ratio must be a number in [0, 1], got {min_fill_ratio!r}")
+    if not isinstance(drop_last, (bool, np.bool_)):
+        errors.append(f"drop_last must be True or False, got {drop_last!r}")
+    if overlong == "split":
+        errors.append("overlong='split' is handled by the data layer before planning: split overlong samples "
+                      "there and pass the split lengths; plan_packs accepts overlong='drop' or 'error'")
+    elif overlong not in OVERLONG_CHOICES:
+        errors.append(f"overlong must be one of 'drop', 'error' ('split' is done by the data layer), "
+                      f"got {overlong!r}")
+    if max_samples_per_pack is not None and (not is_integer(max_samples_per_pack) or max_samples_per_pack < 1):
+        errors.append(f"max_samples_per_pack must be None (no cap) or an integer >= 1, got {max_samples_per_pack!r}")
+    if errors:
+        raise ValueError("plan_packs: " + "; ".join(errors))
+    return lens
+
+
+# ---- per-window planners. Input: candidate indices (ascending) and their lengths, all in
+# [1, max_length]. Output: pack id per candidate (0..num_packs-1) and num_packs.
+
+
+def _ffd(lens: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:
+    """First-fit decreasing, one pack at a time (see module docstring for why this is FFD).
+
+    Pack j repeatedly takes the longest remaining length ``s <= room``, as many copies as
+    fit (``min(count[s], room // s, cap - taken)``). Each step is one record (pack, s, k);
+    copies of a length are consumed in index order, so the records sorted by ``-s``
+    (stable) line up with the samples sorted by ``(-length, index)``.
+    """
+    n = len(lens)
+    if n == 0:
+        return np.zeros(0, np.int64), 0
+    # Stable sort of the key C - len gives the (-length, index) order; a 16-bit key lets
+    # numpy use its O(n) radix sort.
+    key = (C - lens).astype(np.uint16 if C < 2**16 else np.int64)
+    order = np.argsort(key, kind="stable")
+    sl = lens[order]
+    # distinct lengths (ascending) and their counts, from the sorted array without a 2nd sort
+    bounds = np.flatnonzero(np.diff(sl)) + 1
+    starts = np.concatenate(([0], bounds))
+    vals_desc = sl[starts]
+    counts_desc = np.diff(np.concatenate((starts, [n])))
+    vals = vals_desc[::-1].tolist()
+    cnt = dict(zip(vals, counts_desc[::-1].tolist()))
+    big = n + 1 if cap is None else cap
+    rec_b: list[int] = []
+    rec_s: list[int] = []
+    rec_k: list[int] = []
+    b_app, s_app, k_app = rec_b.append, rec_s.append, rec_k.append
+    find = bisect.bisect_right
+    b = 0
+    while vals:
+        room = C
+        left = big
+        while True:
+            i = find(vals, room) - 1
+            if i < 0:
+                break
+            s = vals[i]
+            c = cnt[s]
+            k = room // s
+            if k > left:
+                k = left
+            if k >= c:
+                k = c
+                del vals[i]
+            else:
+                cnt[s] = c - k
+            b_app(b)
+            s_app(s)
+            k_app(k)
+            room -= k * s
+            left -= k
+            if room == 0 or left == 0:
+                break
+        b += 1
+    rs = np.asarray(rec_s, dtype=np.int64)
+    ro = np.argsort(-rs, kind="stable")
+    pack_sorted = np.repeat(np.asarray(rec_b, dtype=np.int64)[ro], np.asarray(rec_k, dtype=np.int64)[ro])
+    pack_of = np.empty(n, np.int64)
+    pack_of[order] = pack_sorted
+    return pack_of, b
+
+
+def _next_fit_ordered(lens_in_order: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:
+    """Next-fit over the given order: pack ids per position. One bisect per pack."""
+    n = len(lens_in_order)
+    if n == 0:
+        return np.zeros(0, np.int64), 0
+    cs = np.cumsum(lens_in_order).tolist()
+    find = bisect.bisect_right
+    starts = []
+    p = 0
+    prev = 0
+    while p < n:
+        e = find(cs, prev + C, p)  # first position whose cumulative sum exceeds the pack's room
+        if cap is not None and e > p + cap:
+            e = p + cap
+        starts.append(p)
+        prev = cs[e - 1]
+        p = e
+    sizes = np.diff(np.asarray(starts + [n], dtype=np.int64))
+    return np.repeat(np.arange(len(starts), dtype=np.int64), sizes), len(starts)
+
+
+def _plan_window(lens: np.ndarray, strategy: str, cap: int | None, C: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    if strategy == "bfd":
+        return _ffd(lens, cap, C)
+    if strategy == "next_fit":
+        return _next_fit_ordered(lens, cap, C)
+    if strategy == "greedy":
+        order = np.argsort(-lens, kind="stable")
+    else:  # random
+        order = rng.permutation(len(lens))
+    pid_ordered, npk = _next_fit_ordered(lens[order], cap, C)
+    pack_of = np.empty(len(lens), np.int64)
+    pack_of[order] = pid_ordered
+    return pack_of, npk
+
+
+def _group(cand: np.ndarray, pack_of: np.ndarray, npk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat candidate indices grouped by pack (ascending inside; cand is ascending) + pack offsets."""
+    order = np.argsort(pack_of, kind="stable")
+    counts = np.bincount(pack_of, minlength=npk)
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    return cand[order], offsets
+
+
+def _underfill_reason(tokens: int, C: int, ratio: float) -> str:
+    fill = math.floor(tokens / C * 10_000) / 10_000  # truncate so the printed fill stays < ratio
+    return f"drop_last: underfilled pack (fill {fill:.4f} < min_fill_ratio {ratio:g})"
+
+
+def plan_packs(lengths: Sequence[int] | np.ndarray, max_length: int, *, strategy: str = "bfd", seed: int = 0,
+               buffer_size: int | None = None, min_fill_ratio: float = 0.0, drop_last: bool = False,
+               overlong: str = "drop", max_samples_per_pack: int | None = None) -> PackPlan:
+    """Plan packs of sample indices whose lengths sum to at most ``max_length``.
+
+    See the module docstring for strategies, controls and worked examples.
+
+    Raises ValueError (all problems at once) for invalid arguments, and for samples longer
+    than ``max_length`` when ``overlong="error"``.
+    """
+    lens = _validate(lengths, max_length, strategy, seed, buffer_size, min_fill_ratio, drop_last, overlong,
+                     max_samples_per_pack)
+    C = int(max_length)
+    n = len(lens)
+    ratio = float(min_fill_ratio)
+    cap = None if max_samples_per_pack is None else int(max_samples_per_pack)
+    over = np.flatnonzero(lens > C)
+    if overlong == "error" and len(over):
+        shown = ", ".join(f"index {i} ({lens[i]} tokens)" for i in over[:10].tolist())
+        more = f" and {len(over) - 10} more" if len(over) > 10 else ""
+        raise ValueError(
+            f"{len(over)} sample(s) longer than max_length {C}: {shown}{more}. Raise max_length, or use "
+            f"overlong='split' in the data layer (or overlong='drop' to drop and report them)")
+    reasons: dict[int, str] = {}
+    for i in over.tolist():
+        reasons[i] = f"overlong: {int(lens[i])} > max_length {C}"
+    for i in np.flatnonzero(lens == 0).tolist():
+        reasons[i] = "empty: length 0"
+    valid = (lens > 0) & (lens <= C)
+
+    plan_rng, shuffle_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    # At most `window` samples are carried, so one window plans at most 2 * buffer_size samples.
+    window = n if buffer_size is None else int(buffer_size)
+    flat_parts: list[np.ndarray] = []    # finalised packs, as flat index arrays + sizes
+    size_parts: list[np.ndarray] = []
+    under_packs: list[np.ndarray] = []   # finalised underfilled packs
+    carry = np.zeros(0, np.int64)
+    starts = range(0, n, window) if n else [0]
+    for a in starts:
+        b = min(a + window, n)
+        new = np.arange(a, b, dtype=np.int64)[valid[a:b]]
+        cand = np.concatenate((carry, new)) if len(carry) else new
+        if len(cand) == 0:
+            continue
+        pack_of, npk = _plan_window(lens[cand], strategy, cap, C, plan_rng)
+        flat, offsets = _group(cand, pack_of, npk)
+        sizes = np.diff(offsets)
+        if ratio > 0.0:
+            tokens = np.add.reduceat(lens[flat], offsets[:-1])
+            under = tokens / C < ratio
+        else:
+            under = np.zeros(npk, bool)
+        if not under.any():
+            flat_parts.append(flat)
+            size_parts.append(sizes)
+            carry = np.zeros(0, np.int64)
+            continue
+        keep_mask = np.repeat(~under, sizes)
+        flat_parts.append(flat[keep_mask])
+        size_parts.append(sizes[~under])
+        ui = np.flatnonzero(under)
+        u_packs = [flat[offsets[j]:offsets[j + 1]] for j in ui.tolist()]
+        if b >= n:
+            under_packs.extend(u_packs)
+            carry = np.zeros(0, np.int64)
+            continue
+        # hold back, oldest (smallest first index) evicted first while over the carry limit
+        u_packs.sort(key=lambda p: int(p[0]))
+        total = sum(len(p) for p in u_packs)
+        j = 0
+        while total > window:
+            total -= len(u_packs[j])
+            j += 1
+        under_packs.extend(u_packs[:j])
+        rest = u_packs[j:]
+        carry = np.sort(np.concatenate(rest)) if rest else np.zeros(0, np.int64)
+
+    flat_all = np.concatenate(flat_parts).tolist() if flat_parts else []
+    size_all = np.concatenate(size_parts).tolist() if size_parts else []
+    packs: list[list[int]] = []
+    pos = 0
+    for s in size_all:
+        packs.append(flat_all[pos:pos + s])
+        pos += s
+    for p in under_packs:
+        if drop_last:
+            r = _underfill_reason(int(lens[p].sum()), C, ratio)
+            for i in p.tolist():
+                reasons[i] = r
+        else:
+            packs.append(p.tolist())
+    perm = shuffle_rng.permutation(len(packs)).tolist()
+    packs = [packs[k] for k in perm]
+    dropped = sorted(reasons)
+    return PackPlan(
+        packs=packs,
+        dropped=dropped,
+        drop_reasons={i: reasons[i] for i in dropped},
+        max_length=C,
+        strategy=strategy,
+        num_samples=n,
+        options={"seed": int(seed), "buffer_size": None if buffer_size is None else window, "min_fill_ratio": ratio,
+                 "drop_last": bool(drop_last), "overlong": overlong, "max_samples_per_pack": cap},
+    )

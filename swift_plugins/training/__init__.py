@@ -1,0 +1,27 @@
+"""Training inside ms-swift: the one package that imports torch, transformers and ms-swift.
+
+    template.py        qwen3_vl_packing: packed rows with 4-row positions, no KV cache (isolation)
+    attention.py       swiftpack_varlen: attention per packed sample, no L x L mask
+    datasets.py        --dataset PATH.jsonl read by our validator and to_swift_row
+    packed_dataset.py  the plan as a dataset: lazy per-pack encoding in the dealt order
+    callbacks.py       save delay, data order, packing metrics
+    optimizer.py       swiftpack_multimodal: LLM / ViT / aligner learning rates
+    pipeline.py        SwiftpackSft: ms-swift's SFT pipeline with our options
+    calibration.py     template facts the pure length counter needs (used by the analysis too)
+
+Modules only declare; :func:`register_all` (called by ``swift_plugins.register_plugins``)
+registers everything, idempotently. Submodules import ms-swift, so import them when needed.
+"""
+from __future__ import annotations
+
+__all__ = ["register_all"]
+
+
+def register_all() -> None:
+    """Register the template, bundled datasets, optimizer, callbacks and attention (idempotent)."""
+    from swift_plugins.training import callbacks, datasets, optimizer, template
+
+    template.register()
+    datasets.register()
+    optimizer.register()
+    callbacks.register()

@@ -1,0 +1,144 @@
+"""Trainer callbacks: ``save_delay_steps``, a per-rank record of the data order, packing metrics.
+
+Declared here, registered by ``swift_plugins.training.register_all`` (``callbacks_map`` entries
+``swiftpack_data_order``, ``swiftpack_packing``) and :func:`register_save_delay`, which binds
+``swiftpack_save_delay`` to a step count (``callbacks: [swiftpack_save_delay]`` selects it).
+
+save_delay_steps, worked example (``save_steps 1, save_delay_steps 2, max_steps 3``)::
+
+    step            1      2      3
+    HF wants save   yes    yes    yes
+    delayed         yes    no     no     -> checkpoint-2, checkpoint-3 (no checkpoint-1)
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+from typing import Any, List, Optional
+
+from swift.callbacks import TrainerCallback, callbacks_map
+
+from swift_plugins.files import atomic_write_text
+from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_PACKING, CALLBACK_SAVE_DELAY
+from swift_plugins.training.packed_dataset import PackedDataset
+
+__all__ = ["DataOrderCallback", "PackingCallback", "SaveDelayCallback", "epoch_batches", "register",
+           "register_save_delay", "save_allowed"]
+
+
+def save_allowed(global_step: int, save_delay_steps: int) -> bool:
+    """A checkpoint at ``global_step`` is allowed once ``global_step >= save_delay_steps``."""
+    return global_step >= save_delay_steps
+
+
+class SaveDelayCallback(TrainerCallback):
+    """Cancels every save HF's flow asks for before ``save_delay_steps`` (step and epoch saves,
+    and the final save of a run shorter than the delay). Runs after ``DefaultFlowCallback``,
+    which sets ``control.should_save``: callbacks passed to the trainer come after the defaults."""
+
+    def __init__(self, args, trainer, save_delay_steps: int = 0):
+        super().__init__(args, trainer)
+        self.save_delay_steps = save_delay_steps
+
+    def _gate(self, state, control):
+        if control.should_save and not save_allowed(state.global_step, self.save_delay_steps):
+            control.should_save = False
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return self._gate(state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        return self._gate(state, control)
+
+
+def register_save_delay(save_delay_steps: int) -> None:
+    """Bind ``callbacks_map["swiftpack_save_delay"]`` to ``save_delay_steps``."""
+    callbacks_map[CALLBACK_SAVE_DELAY] = functools.partial(SaveDelayCallback, save_delay_steps=save_delay_steps)
+
+
+def epoch_batches(train_dataloader: Any) -> Optional[List[List[int]]]:
+    """The dataset indices of every batch this rank's dataloader yields in the current epoch.
+
+    Reads the batch sampler (ms-swift's ``BatchSamplerShard``: a seeded permutation, the same on
+    every rank, dealt ``perm[rank::world_size]``); iterating it loads no data and changes no
+    state. None for a dataloader without one (an iterable dataset).
+    """
+    sampler = getattr(train_dataloader, "batch_sampler", None)
+    if sampler is None:
+        return None
+    return [[int(i) for i in batch] for batch in sampler]
+
+
+class DataOrderCallback(TrainerCallback):
+    """At the start of training each rank writes ``<output_dir>/data_order/rank<R>.json``::
+
+        {"rank": 0, "world_size": 2, "global_step": 0, "first_batch": [5, 1],
+         "batches": [[5, 1], [7, 0], ...], "sha256": "<of batches>"}
+
+    Two ranks that got their shards from the same permutation have disjoint index sets whose
+    union is the dataset (minus a dropped remainder); ``first_batch`` is also logged.
+    """
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        from swift.utils import get_logger
+
+        batches = epoch_batches(train_dataloader)
+        record = {"rank": args.process_index, "world_size": args.world_size, "global_step": state.global_step,
+                  "first_batch": batches[0] if batches else None, "batches": batches,
+                  "sha256": hashlib.sha256(json.dumps(batches).encode()).hexdigest()}
+        path = os.path.join(args.output_dir, "data_order", f"rank{args.process_index}.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_text(path, json.dumps(record) + "\n")
+        get_logger().info(f"swiftpack data order: rank {args.process_index}/{args.world_size} first batch "
+                          f"{record['first_batch']}, {len(batches or [])} batches, sha256 {record['sha256'][:16]} "
+                          f"({path})")
+        return control
+
+
+class PackingCallback(TrainerCallback):
+    """Trainer callback of packed training: per-epoch pack order and packing metrics in the logs.
+
+    ``on_epoch_begin``: the packed train dataset switches to the epoch's order before the
+    dataloader's workers start (transformers calls it right before iterating the epoch; on resume
+    ``state.epoch`` is the fraction reached, whose floor is the epoch to continue).
+
+    ``on_step_end``: adds this optimizer step's ``packing_efficiency`` (real tokens / (packs x
+    global_max_length)) and ``samples_per_step`` (samples over all ranks) to ms-swift's train
+    metrics, so they are averaged over the logging window and land in ``logging.jsonl`` and
+    TensorBoard next to the loss. Every rank computes the same numbers from the plan.
+    """
+
+    def _dataset(self):
+        dataset = getattr(self.trainer, "train_dataset", None)
+        return dataset if isinstance(dataset, PackedDataset) else None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        dataset = self._dataset()
+        if dataset is not None:
+            dataset.set_epoch(int(math.floor(state.epoch + 1e-9)))
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        dataset = self._dataset()
+        if dataset is None:
+            return control
+        ga = args.gradient_accumulation_steps
+        steps = dataset.step_stats(ga)
+        index = state.global_step - 1 - dataset.epoch * len(steps)
+        if 0 <= index < len(steps):
+            metrics = self.trainer.custom_metrics["train"]
+            metrics["packing_efficiency"].update(steps[index]["efficiency"])
+            metrics["samples_per_step"].update(steps[index]["samples"])
+        return control
+
+
+def register() -> None:
+    """Idempotent: the callbacks selected by name (save delay bound to 0 until the run binds it)."""
+    callbacks_map[CALLBACK_DATA_ORDER] = DataOrderCallback
+    callbacks_map[CALLBACK_PACKING] = PackingCallback
+    if CALLBACK_SAVE_DELAY not in callbacks_map:
+        register_save_delay(0)

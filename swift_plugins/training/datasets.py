@@ -1,0 +1,165 @@
+"""ms-swift ``--dataset PATH.jsonl`` for our records: read by our validator, converted by ``to_swift_row``.
+
+After ``register_jsonl("data/train.jsonl", ConversationOptions(...))``, ms-swift's
+``load_dataset(["data/train.jsonl"])`` (what ``swift sft --dataset data/train.jsonl`` runs) yields
+for each valid record exactly ``to_swift_row(record, base_dir=<the JSONL's folder>,
+sample_key=<line number>, **options)`` after ms-swift's row normalisation (``images`` become
+``[{"bytes": None, "path": p}]``)::
+
+    --dataset train.jsonl -> DatasetSyntax -> SwiftpackDatasetMeta (registered for that path)
+      -> SwiftpackJsonlLoader.load: iter_records (path:line errors, raise | skip + report)
+      -> HfDataset{record, line} -> RecordRowPreprocessor (strict: an exception stops the run)
+      -> {messages, images}
+
+Why a loader and not only a preprocessor: ms-swift's own path reads a ``.jsonl`` with
+``datasets.load_dataset('json')`` (line numbers lost, one bad line fails the file with a pyarrow
+error, mixed ``poly``/``bbox_2d`` objects unified into one struct with nulls) and preprocesses
+with ``strict=False``, where a row that raises is dropped with a log line.
+
+ms-swift finds the registration by the path string given to ``--dataset`` (the form registered
+and its absolute form are both registered). Its fallback: an unregistered path with the same
+file name as a registered one (``train.jsonl``) gets the same meta; our loader then reads the
+path actually given, so it is converted the same way.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from datasets import Dataset as HfDataset
+from modelscope.hub.utils.utils import get_cache_dir
+from swift.dataset import DATASET_MAPPING, DatasetMeta, RowPreprocessor, register_dataset
+from swift.dataset.loader import DatasetLoader
+from swift.utils import get_logger
+
+from swift_plugins.data.conversation import ConversationOptions, to_swift_row
+from swift_plugins.data.reader import iter_records
+from swift_plugins.data.records import ON_ERROR_CHOICES
+
+__all__ = ["BUNDLED_JSONL_PATHS", "register", "register_jsonl"]
+
+logger = get_logger()
+
+_REPO = Path(__file__).resolve().parents[2]
+# Registered by register() with default options unless a register_jsonl() call configured them.
+BUNDLED_JSONL_PATHS = tuple(
+    str(_REPO / "public_data" / "lvis" / folder / f"{split}.jsonl")
+    for folder in ("sample", "rescale_32_768_poly_20") for split in ("train", "val"))
+
+# Bump when to_swift_row's output for the same record and options changes: it names the map cache.
+CONVERSION_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class JsonlSpec:
+    options: ConversationOptions
+    on_error: str = "raise"
+    report_path: Optional[str] = None
+    check_images: bool = True
+
+
+@dataclass
+class SwiftpackDatasetMeta(DatasetMeta):
+    swiftpack_spec: Optional[JsonlSpec] = None
+
+
+def register_jsonl(path, options: Optional[ConversationOptions] = None, on_error: str = "raise", *,
+                   report_path=None, check_images: bool = True) -> list[str]:
+    """Register ``path`` with ms-swift so loading it goes through ``iter_records`` + ``to_swift_row``.
+
+    - ``options``: :class:`ConversationOptions` (default: defaults); options that are not
+      implemented (``coord_tokens``/``coord_offset``) are refused here, before training starts.
+    - ``on_error``: ``"raise"`` stops at the first bad record (``path:line: field: ...``);
+      ``"skip"`` needs ``report_path``, where the skip report (JSONL) is written atomically at each load.
+
+    Calling it again for a path replaces the earlier registration (latest call wins). Returns
+    the registered path strings.
+    """
+    options = ConversationOptions() if options is None else options
+    if not isinstance(options, ConversationOptions):
+        raise TypeError(f"options: expected ConversationOptions, got {type(options).__name__}")
+    options.check_implemented()
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error: {on_error!r} is not one of {list(ON_ERROR_CHOICES)}")
+    if on_error == "skip" and report_path is None:
+        raise ValueError(f"{path}: on_error='skip' needs a report_path for the skipped records "
+                         "(nothing is dropped without a report)")
+    spec = JsonlSpec(options=options, on_error=on_error, report_path=None if report_path is None else str(report_path),
+                     check_images=check_images)
+    keys = list(dict.fromkeys([os.fspath(path), os.path.abspath(os.fspath(path))]))
+    for key in keys:
+        meta = SwiftpackDatasetMeta(
+            dataset_path=key, loader=SwiftpackJsonlLoader, swiftpack_spec=spec,
+            preprocess_func=RecordRowPreprocessor(options, os.path.dirname(os.path.abspath(key))),
+            help="LVIS polygon JSONL read by swift_plugins.data (validated, converted with to_swift_row)")
+        register_dataset(meta, exist_ok=True)
+    return keys
+
+
+def register() -> list[str]:
+    """Idempotent: register :data:`BUNDLED_JSONL_PATHS` (bundled sample, full LVIS folder) with
+    default options, leaving alone any path a ``register_jsonl`` call already configured.
+    Registration only binds names; no file is read until ms-swift loads the dataset."""
+    done = {m.dataset_path for m in DATASET_MAPPING.values() if isinstance(m, SwiftpackDatasetMeta)}
+    out = []
+    for path in BUNDLED_JSONL_PATHS:
+        if path not in done:
+            out += register_jsonl(path)
+    return out
+
+
+class RecordRowPreprocessor(RowPreprocessor):
+    """Row ``{"record": json, "line": n}`` -> ``to_swift_row(record, ...)``."""
+
+    def __init__(self, options: ConversationOptions, base_dir: str, **kwargs):
+        super().__init__(**kwargs)
+        self.options = options
+        self.base_dir = base_dir
+
+    def preprocess(self, row: Dict[str, Any]) -> Dict[str, Any]:
+        return to_swift_row(json.loads(row["record"]), base_dir=self.base_dir, sample_key=row["line"],
+                            **self.options.to_dict())
+
+    def batched_preprocess(self, batched_row, *, strict: bool, ignore_max_length_error: bool):
+        # Always strict: records are validated before this point, so an exception here is a bug
+        # that must stop the run, not a row ms-swift drops with a log line.
+        return super().batched_preprocess(batched_row, strict=True, ignore_max_length_error=ignore_max_length_error)
+
+    def _map_cache_file(self, fingerprint: str) -> str:
+        # ms-swift names the cache by the input's fingerprint only; the output also depends on
+        # the options, the image folder and this code's version.
+        key = json.dumps([self.options.to_dict(), self.base_dir, CONVERSION_VERSION], sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return os.path.join(get_cache_dir(), 'datasets', 'map_cache',
+                            f'{fingerprint}_swiftpack{digest}_{self.cache_format_version}.arrow')
+
+
+class SwiftpackJsonlLoader(DatasetLoader):
+    """Loads a registered JSONL path through ``iter_records`` (see the module docstring)."""
+
+    def load(self, dataset_syntax=None, dataset_meta=None, *, use_hf=None):
+        spec: JsonlSpec = dataset_meta.swiftpack_spec
+        path = dataset_syntax.dataset
+        stream = iter_records(path, on_error=spec.on_error, check_images=spec.check_images,
+                              report_path=spec.report_path)
+        columns = {"record": [], "line": []}
+        for line_no, record in stream:
+            columns["record"].append(json.dumps(record, ensure_ascii=False))
+            columns["line"].append(line_no)
+        summary = stream.summary
+        logger.info(summary.log_line())
+        if summary.valid == 0:
+            raise ValueError(f"{path}: no valid records ({summary.log_line()}); fix the file or the path")
+        dataset = HfDataset.from_dict(columns)
+        preprocessor = RecordRowPreprocessor(spec.options, os.path.dirname(os.path.abspath(path)))
+        dataset = preprocessor(dataset, num_proc=self.num_proc, load_from_cache_file=self.load_from_cache_file,
+                               strict=True)
+        if self.remove_unused_columns:
+            dataset = RowPreprocessor.remove_useless_columns(dataset)
+        if self.streaming:
+            dataset = dataset.to_iterable_dataset()
+        return dataset

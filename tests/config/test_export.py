@@ -1,0 +1,85 @@
+"""swift_plugins.config.export: flat ms-swift arguments, RuntimeOptions, sidecar and plugin."""
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from swift_plugins import config as C
+from swift_plugins.data import ConversationOptions
+from swift_plugins.errors import UserError
+
+
+def test_flat_swift_args_exact(cfg):
+    path = cfg("x.yaml", """\
+        extends: base.yaml
+        model: {model_type: qwen3_vl, torch_dtype: float32, attn_impl: sdpa}
+        tuner: {use_dora: true, freeze_vit: false}
+        training:
+          optimizer: multimodal
+          learning_rate: 2.0e-4
+          vit_lr: 1.0e-4
+          save_delay_steps: 5
+          packing: true
+          global_max_length: 4096
+        template: {max_pixels: 65536}
+        custom: {val_jsonl: data/val.jsonl}
+        swift: {max_new_tokens: 8}
+        """)
+    r = C.resolve_config(path, world_size=2)
+    assert C.flat_swift_args(r) == {
+        "model": "models/m", "model_type": "qwen3_vl", "torch_dtype": "float32", "attn_impl": "sdpa",
+        "check_model": False, "tuner_type": "lora", "use_dora": True, "lora_rank": 8, "lora_alpha": 32.0,
+        "lora_dropout": 0.05, "target_modules": ["all-linear"], "freeze_llm": False, "freeze_vit": False,
+        "freeze_aligner": True, "optimizer": "swiftpack_multimodal", "learning_rate": 2e-4, "vit_lr": 1e-4,
+        "weight_decay": 0.1, "lr_scheduler_type": "cosine", "warmup_ratio": 0.0, "max_grad_norm": 1.0,
+        "num_train_epochs": 3.0, "per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
+        "gradient_accumulation_steps": 4, "gradient_checkpointing": True, "seed": 42, "data_seed": 42,
+        "use_cpu": False, "save_strategy": "steps", "save_steps": 500, "save_only_model": False, "logging_steps": 5,
+        "add_version": True, "report_to": ["tensorboard"], "dataset_num_proc": 1, "max_pixels": 65536,
+        "truncation_strategy": "delete", "dataset": ["data/train.jsonl"], "val_dataset": ["data/val.jsonl"],
+        "callbacks": ["swiftpack_save_delay"], "max_new_tokens": 8,
+        # packing on: the isolating template, and fresh dataloader workers each epoch (new pack order)
+        "template": "qwen3_vl_packing", "dataloader_persistent_workers": False}
+    assert "packing" not in C.flat_swift_args(r)  # ms-swift's own packing is never switched on
+    argv = C.swift_argv(C.flat_swift_args(r, with_runtime_fields=True))
+    assert argv[argv.index("--swiftpack_packing") + 1] == "True"
+    assert argv[argv.index("--swiftpack_global_max_length") + 1] == "4096"
+    assert argv[argv.index("--target_modules") + 1] == "all-linear"
+    assert argv[argv.index("--check_model") + 1] == "False"
+
+
+def test_runtime_options_and_sidecar_round_trip(cfg, tmp_path):
+    path = cfg("x.yaml", """\
+        extends: base.yaml
+        training: {packing: true, global_max_length: 20000, packing_buffer: 256, packing_min_fill_ratio: 0.7,
+                   packing_drop_last: true, packing_strategy: greedy, save_delay_steps: 50}
+        custom: {object_ordering: random, emit_norm: norm1000, seed: 3, prompt: Find all.}
+        """)
+    r = C.resolve_config(path, world_size=4)
+    options = C.runtime_options(r)
+    assert dataclasses.asdict(options) == {
+        "packing": True, "global_max_length": 20000, "packing_buffer": 256, "packing_min_fill_ratio": 0.7,
+        "packing_drop_last": True, "eval_packing": False, "packing_strategy": "greedy", "packing_seed": 42, "packing_overlong": "drop",
+        "length_cache_dir": ".cache/swiftpack",
+        "save_delay_steps": 50, "log_data_order": False, "on_error": "raise", "skip_report_dir": None,
+        "check_images": True, "train_jsonl": "data/train.jsonl", "val_jsonl": None, "prompt": "Find all.",
+        "object_ordering": "random", "emit_norm": "norm1000", "conversation_seed": 3, "coord_tokens": False,
+        "coord_tokens_skip_bbox_norm": False, "coord_offset": False}
+    assert options.conversation_options() == ConversationOptions(prompt="Find all.", object_ordering="random",
+                                                                  emit_norm="norm1000", seed=3)
+    files = C.export_flat(r, str(tmp_path / "out" / "my run.yaml"))
+    assert files.sidecar_json == str(tmp_path / "out" / "my run.swiftpack.json")
+    assert files.plugin_py == str(tmp_path / "out" / "swiftpack_options_my_run.py")
+    assert C.load_sidecar(files.sidecar_json) == (options, 4)
+    flat = yaml.safe_load(open(files.flat_yaml))
+    assert flat["external_plugins"] == [files.plugin_py]
+    assert flat["gradient_accumulation_steps"] == 2 and flat["tuner_type"] == "lora" and flat["check_model"] is False
+    assert set(flat) == set(C.flat_swift_args(r)) | {"external_plugins"}
+    assert open(files.plugin_py).read().endswith("from swift_plugins import register_plugins\n\n"
+                                                 f"register_plugins(sidecar={json.dumps(files.sidecar_json)})\n")
+    data = json.load(open(files.sidecar_json))
+    data["options"]["bogus"] = 1
+    json.dump(data, open(files.sidecar_json, "w"))
+    with pytest.raises(UserError, match=r"options do not match this swift_plugins version \(unknown: \['bogus'\]"):
+        C.load_sidecar(files.sidecar_json)
