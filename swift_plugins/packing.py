@@ -4,43 +4,66 @@ Pure numpy/python (no torch, no ms-swift), deterministic, and lossless in accoun
 every input index ends up in exactly one pack or in ``dropped`` with a reason.
 
     >>> plan = plan_packs([7, 5, 4, 3, 1], max_length=10)
-    >>> sorted(plan.packs)            # FFD: 7+3, 5+4+1
+    >>> sorted(plan.packs)            # ffd, the default: 7+3, 5+4+1
     [[0, 3], [1, 2, 4]]
     >>> plan.stats([7, 5, 4, 3, 1])["efficiency"]
     1.0
 
-Strategies (``strategy=``), on lengths ``[4, 6, 2, 6, 4]`` with ``max_length=10``:
+Strategies (``strategy=``), on lengths ``[1, 3, 8, 6, 5]`` with ``max_length=10``:
 
-    =========  ===============================================  =========================
-    strategy   rule                                             packs (by length)
-    =========  ===============================================  =========================
-    bfd        global first-fit decreasing (see below)          [6,4] [6,4] [2]
-    greedy     sort by length desc, then next-fit               [6] [6,4] [4,2]
-    next_fit   data order, one open pack, flush when full       [4,6] [2,6] [4]
-    random     seeded shuffle, then next-fit                    depends on ``seed``
-    =========  ===============================================  =========================
+    =========  =====================================================  ===================
+    strategy   rule                                                   packs (by length)
+    =========  =====================================================  ===================
+    ffd        first-fit decreasing: longest first, each sample into  [8,1] [6,3] [5]
+               the earliest-opened pack it fits, else a new pack
+    bfd        best-fit decreasing: longest first, each sample into   [8] [6,3,1] [5]
+               the pack it fits with the least room left (ties: the
+               earliest opened), else a new pack
+    greedy     sort by length desc, then next-fit                     [8] [6] [5,3,1]
+    next_fit   data order, one open pack, flush when full             [1,3] [8] [6] [5]
+    random     seeded shuffle, then next-fit                          depends on ``seed``
+    =========  =====================================================  ===================
 
-Why ``"bfd"`` runs first-fit decreasing (FFD). Best-fit decreasing and first-fit
-decreasing have the same asymptotic worst case (11/9 OPT) and on the LVIS-like length set
-both land on or next to the L1 bound ``ceil(sum / max_length)``. Measured by
-``bench/bench_packing.py`` on the 99,388 LVIS-like lengths (docs/benchmarks.md):
+``ffd`` and ``bfd`` part at the 1: the packs then have rooms 2 (the 8's), 1 (the 6's,
+after its 3) and 5 (the 5's); ffd takes the first that fits, the 8's, bfd the fullest, the
+6's. "Longest first" is the order ``(-length, index)``: samples of equal length go by
+index. ``max_samples_per_pack`` closes a pack when it reaches the cap, for every strategy.
 
-    max_length         12,000   20,000   24,000
-    L1 bound           10,326    6,401    5,374
-    FFD (= "bfd")      10,327    6,402    5,374
-    BFD reference      10,327    6,402    5,374
+Why ``"ffd"`` is the default. The two make the same number of packs on the benchmark
+(``bench/bench_packing.py``, 99,388 LVIS-like lengths, docs/benchmarks.md), on or next to
+the L1 bound ``ceil(sum / max_length)``; planned in windows of 256 samples they differ by
+one pack either way:
 
-Same pack counts, and this FFD runs 7-12x faster than the item-by-item BFD reference in
-the same run, so FFD it is. FFD has a property BFD lacks that
-makes it fast in Python: FFD's pack *j* is exactly "scan the still-unplaced samples from
-longest to shortest and take every one that fits", independent of later packs. So packs
-are filled one at a time with a predecessor search (``bisect``) over the *distinct*
-remaining lengths, taking all copies of a length that fit in one step: O(n log n) with a
-Python loop over (pack, distinct length) pairs instead of over samples x packs. By
-construction it produces exactly the packs of textbook FFD (``tests/test_packing.py``
-checks this against a plain reference FFD), so it never uses more packs than FFD.
+    max_length               12,000   20,000   24,000
+    L1 bound                 10,326    6,401    5,374
+    ffd                      10,327    6,402    5,374
+    bfd                      10,327    6,402    5,374
+    ffd, buffer 256          10,526    6,601    5,584
+    bfd, buffer 256          10,526    6,600    5,585
 
-Ties are broken by sample index: samples are ordered by ``(-length, index)``.
+and the same counts again in the seeds' config (buffer 256, min_fill_ratio 0.7,
+drop_last) and with buffer 1000, min_fill_ratio 0.9. A tie, so the faster one: over three
+benchmark runs bfd took 0.88-1.73x ffd's time on the whole set (longer in 8 of 9) and
+1.29-2.33x in every windowed configuration (bfd's Python work is per run of equal
+lengths, and a window of 256 samples has almost no repeated lengths to share it). At 10M
+samples (``--scale``) it turns: bfd took 0.69-1.39x ffd's time (less in 5 of 6), but this
+project plans about 100k samples. Neither packs better in general: ``[12, 8, 5, 3, 2, 2]``
+at ``max_length=16`` takes ffd 3 packs and bfd 2, ``[11, 6, 6, 3, 2, 2, 2]`` ffd 2 and
+bfd 3 (both worked in ``tests/test_packing.py``); both have the asymptotic worst case
+11/9 OPT.
+
+How they run fast in Python. FFD's pack *j* is exactly "scan the still-unplaced samples
+from longest to shortest and take every one that fits", independent of later packs. So
+``_ffd`` fills packs one at a time with a predecessor search (``bisect``) over the
+*distinct* remaining lengths, taking all copies of a length that fit in one step: O(n log
+n) with a Python loop over (pack, distinct length) pairs instead of over samples x packs.
+BFD has no such property (where a sample goes depends on the rooms of all packs), so
+``_bfd`` goes through the runs of equal lengths with the open packs filed by room: a
+successor search (``bisect``) over the distinct rooms finds the best pack, and the packs of
+one room take their copies in one step (see ``_bfd`` for the details and a worked
+example). Each produces exactly the packs of its textbook version: ``tests/test_packing.py``
+checks them against plain reference FFD and BFD, with and without the cap, and the
+benchmark against its own item-by-item references.
 
 Controls
 --------
@@ -65,7 +88,7 @@ Controls
   back and ``drop_last`` drops nothing.
 
   Worked example: ``lengths=[9, 8, 3]``, ``max_length=10``, ``min_fill_ratio=0.5``,
-  ``drop_last=True``, no buffer. FFD packs ``[9]`` (0.9), ``[8]`` (0.8), ``[3]`` (0.3).
+  ``drop_last=True``, no buffer. ffd packs ``[9]`` (0.9), ``[8]`` (0.8), ``[3]`` (0.3).
   ``[3]`` is underfilled and no samples are left to fill it, so it is dropped:
   ``packs=[[0], [1]]``, ``dropped=[2]``, ``drop_reasons={2: "drop_last: underfilled pack
   (fill 0.3000 < min_fill_ratio 0.5)"}``. With ``buffer_size=2`` the first window
@@ -94,6 +117,7 @@ import numpy as np
 
 __all__ = [
     "STRATEGIES",
+    "DEFAULT_STRATEGY",
     "OVERLONG_CHOICES",
     "DEFAULT_COST_C",
     "PackPlan",
@@ -104,7 +128,8 @@ __all__ = [
     "step_costs",
 ]
 
-STRATEGIES = ("bfd", "greedy", "next_fit", "random")
+STRATEGIES = ("ffd", "bfd", "greedy", "next_fit", "random")
+DEFAULT_STRATEGY = "ffd"  # same packs as bfd on the benchmark, and faster there (module docstring)
 OVERLONG_CHOICES = ("drop", "error")
 _PLAN_FORMAT = "swiftpack.pack_plan"
 _PLAN_VERSION = 1
@@ -299,8 +324,23 @@ def _validate(lengths, max_length, strategy, seed, buffer_size, min_fill_ratio, 
 # [1, max_length]. Output: pack id per candidate (0..num_packs-1) and num_packs.
 
 
+def _runs(lens: np.ndarray, C: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Samples in ``(-length, index)`` order, and that order's runs of equal lengths.
+
+    Returns ``order`` (positions sorted by ``(-length, index)``), the distinct lengths in
+    descending order and how many samples have each.
+    """
+    # Stable sort of the key C - len gives the (-length, index) order; a 16-bit key lets
+    # numpy use its O(n) radix sort.
+    key = (C - lens).astype(np.uint16 if C < 2**16 else np.int64)
+    order = np.argsort(key, kind="stable")
+    sl = lens[order]
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(sl)) + 1))
+    return order, sl[starts], np.diff(np.concatenate((starts, [len(sl)])))
+
+
 def _ffd(lens: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:
-    """First-fit decreasing, one pack at a time (see module docstring for why this is FFD).
+    """First-fit decreasing, one pack at a time (module docstring: why this is exactly FFD).
 
     Pack j repeatedly takes the longest remaining length ``s <= room``, as many copies as
     fit (``min(count[s], room // s, cap - taken)``). Each step is one record (pack, s, k);
@@ -310,16 +350,7 @@ def _ffd(lens: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:
     n = len(lens)
     if n == 0:
         return np.zeros(0, np.int64), 0
-    # Stable sort of the key C - len gives the (-length, index) order; a 16-bit key lets
-    # numpy use its O(n) radix sort.
-    key = (C - lens).astype(np.uint16 if C < 2**16 else np.int64)
-    order = np.argsort(key, kind="stable")
-    sl = lens[order]
-    # distinct lengths (ascending) and their counts, from the sorted array without a 2nd sort
-    bounds = np.flatnonzero(np.diff(sl)) + 1
-    starts = np.concatenate(([0], bounds))
-    vals_desc = sl[starts]
-    counts_desc = np.diff(np.concatenate((starts, [n])))
+    order, vals_desc, counts_desc = _runs(lens, C)
     vals = vals_desc[::-1].tolist()
     cnt = dict(zip(vals, counts_desc[::-1].tolist()))
     big = n + 1 if cap is None else cap
@@ -362,6 +393,123 @@ def _ffd(lens: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:
     return pack_of, b
 
 
+def _bfd(lens: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:
+    """Best-fit decreasing, one run of equal lengths at a time, over packs filed by room.
+
+    Textbook BFD takes the samples in ``(-length, index)`` order and puts each into the
+    open pack with the least room that still fits it (ties: the lowest pack id), else into
+    a new pack. Take a run of ``c`` samples of one length ``s``. The best pack P, room
+    ``r``, takes copies until its room falls below ``s`` (``r // s`` copies), it reaches
+    the cap, or the run ends; while P still fits it stays the best, since its room only
+    shrank. The next copy goes to the next pack in ``(room, id)`` order. So a run walks the
+    open packs in ascending ``(room, id)`` from the first room ``>= s``, and without a cap
+    every pack of one room takes the same ``r // s`` copies: one step serves a whole room.
+    Copies left when no open pack fits fill new packs, ``min(C // s, cap)`` each, the last
+    one the rest. A step is one or more records (pack, k) and records come out in the
+    order of the samples sorted by ``(-length, index)``: no sort is needed to assign them.
+
+    State: ``rooms``, the distinct rooms of the open packs, ascending (the first room
+    ``>= s`` is one ``bisect``), and ``at[room]``, the ids of the open packs with that
+    room, ascending. Packs that change room in a run are filed again after the run: their
+    new rooms are below ``s`` (except for the run's last pack, where the run ends), so the
+    walk never meets them. A room below the shortest length never takes a sample and is
+    not filed, nor is a pack that reached the cap. Python-level work: one bisect per run,
+    one step per (run, room) visited (with a cap, per pack served) and one per run that
+    opens packs; each step places at least one sample, so there are at most ``n``. Filing a
+    group into a room that already holds packs is one C-level merge of two ascending lists
+    (``list.sort``).
+
+    Worked example, ``max_length=10``, lengths ``[6, 6, 6, 3, 3, 3, 3, 3]``: the run of
+    6s finds no open pack, so packs 0, 1, 2 take one 6 each (``10 // 6``) and are filed as
+    ``at = {4: [0, 1, 2]}``. The run of five 3s starts at room 4 and serves it in one step:
+    ``4 // 3 = 1`` copy to each of packs 0, 1, 2 (room 1, below the shortest length 3, not
+    filed); the two 3s left open pack 3 (room 4):
+
+    >>> sorted(plan_packs([6, 6, 6, 3, 3, 3, 3, 3], 10, strategy="bfd").packs)
+    [[0, 3], [1, 4], [2, 5], [6, 7]]
+    """
+    n = len(lens)
+    if n == 0:
+        return np.zeros(0, np.int64), 0
+    order, vals, counts = _runs(lens, C)
+    lo = int(vals[-1])              # a room below the shortest length never takes a sample
+    rooms: list[int] = []           # distinct rooms (>= lo) of the open packs, ascending
+    at: dict[int, list[int]] = {}   # room -> ids of the open packs with that room, ascending
+    size: list[int] = []            # samples per pack (kept only with a cap)
+    rec_b: list[int] = []           # records: pack rec_b[x] takes rec_k[x] copies of the run's length
+    rec_k: list[int] = []
+    npk = 0
+    find, insort, filed = bisect.bisect_left, bisect.insort, at.get
+    for s, c in zip(vals.tolist(), counts.tolist()):
+        moved: list[tuple[int, list[int]]] = []  # (new room, ascending pack ids) to file after the run
+        i = j = find(rooms, s)
+        while c and j < len(rooms):  # rooms[i:j] are the rooms this run emptied
+            r = rooms[j]
+            ids = at[r]
+            m = len(ids)
+            if cap is None:
+                k = r // s
+                t = min(m, c // k)  # packs of this room taking k copies each
+                if t:
+                    took = ids[:t]
+                    rec_b += took
+                    rec_k += [k] * t
+                    moved.append((r - k * s, took))
+                    c -= t * k
+                if c and t < m:  # 0 < c < k: the next pack takes the rest and the run ends
+                    p = ids[t]
+                    rec_b.append(p)
+                    rec_k.append(c)
+                    moved.append((r - c * s, [p]))
+                    c = 0
+                    t += 1
+            else:
+                t = 0
+                while c and t < m:
+                    p = ids[t]
+                    k = min(r // s, cap - size[p], c)
+                    rec_b.append(p)
+                    rec_k.append(k)
+                    size[p] += k
+                    c -= k
+                    t += 1
+                    if size[p] < cap:
+                        moved.append((r - k * s, [p]))
+            if t == m:
+                del at[r]
+                j += 1
+            else:
+                del ids[:t]
+        if c:  # no open pack fits: new packs of k copies, the last one with the rest
+            k = C // s if cap is None else min(C // s, cap)
+            q, e = divmod(c, k)
+            new = list(range(npk, npk + q))
+            rec_b += new
+            rec_k += [k] * q
+            if cap is None or k < cap:
+                moved.append((C - k * s, new))
+            if e:
+                rec_b.append(npk + q)
+                rec_k.append(e)
+                moved.append((C - e * s, [npk + q]))
+            if cap is not None:
+                size += [k] * q + [e] * (e > 0)
+            npk += q + (e > 0)
+        del rooms[i:j]
+        for r, ids in moved:
+            if r >= lo:
+                dst = filed(r)
+                if dst is None:
+                    at[r] = ids
+                    insort(rooms, r)
+                else:
+                    dst += ids
+                    dst.sort()
+    pack_of = np.empty(n, np.int64)
+    pack_of[order] = np.repeat(np.asarray(rec_b, dtype=np.int64), np.asarray(rec_k, dtype=np.int64))
+    return pack_of, npk
+
+
 def _next_fit_ordered(lens_in_order: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:
     """Next-fit over the given order: pack ids per position. One bisect per pack."""
     n = len(lens_in_order)
@@ -385,8 +533,10 @@ def _next_fit_ordered(lens_in_order: np.ndarray, cap: int | None, C: int) -> tup
 
 def _plan_window(lens: np.ndarray, strategy: str, cap: int | None, C: int,
                  rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    if strategy == "bfd":
+    if strategy == "ffd":
         return _ffd(lens, cap, C)
+    if strategy == "bfd":
+        return _bfd(lens, cap, C)
     if strategy == "next_fit":
         return _next_fit_ordered(lens, cap, C)
     if strategy == "greedy":
@@ -412,7 +562,7 @@ def _underfill_reason(tokens: int, C: int, ratio: float) -> str:
     return f"drop_last: underfilled pack (fill {fill:.4f} < min_fill_ratio {ratio:g})"
 
 
-def plan_packs(lengths: Sequence[int] | np.ndarray, max_length: int, *, strategy: str = "bfd", seed: int = 0,
+def plan_packs(lengths: Sequence[int] | np.ndarray, max_length: int, *, strategy: str = DEFAULT_STRATEGY, seed: int = 0,
                buffer_size: int | None = None, min_fill_ratio: float = 0.0, drop_last: bool = False,
                overlong: str = "drop", max_samples_per_pack: int | None = None) -> PackPlan:
     """Plan packs of sample indices whose lengths sum to at most ``max_length``.

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from swift_plugins.packing import (
     DEFAULT_COST_C,
+    DEFAULT_STRATEGY,
+    STRATEGIES,
     Deal,
     PackPlan,
     deal_packs,
@@ -40,6 +42,25 @@ def ref_ffd(lengths, C, cap=None):
     return sorted(sorted(b) for b in bins)
 
 
+def ref_bfd(lengths, C, cap=None):
+    """Textbook item-by-item best-fit decreasing, ties by index: each sample goes into the
+    open pack with the least room that still fits it (ties: the lowest pack id)."""
+    items = sorted(((l, i) for i, l in enumerate(lengths) if 0 < l <= C), key=lambda t: (-t[0], t[1]))
+    bins, room = [], []
+    for l, i in items:
+        best = None
+        for b in range(len(bins)):
+            if room[b] >= l and (cap is None or len(bins[b]) < cap) and (best is None or room[b] < room[best]):
+                best = b
+        if best is None:
+            bins.append([i])
+            room.append(C - l)
+        else:
+            bins[best].append(i)
+            room[best] -= l
+    return sorted(sorted(b) for b in bins)
+
+
 def ref_next_fit(order, lengths, C, cap=None):
     packs, cur, used = [], [], 0
     for i in order:
@@ -60,24 +81,76 @@ def canon(plan):
 
 # ----------------------------------------------------------------------------- strategies, exact
 
-L5 = [4, 6, 2, 6, 4]  # the module docstring's table
+TABLE = [1, 3, 8, 6, 5]  # the module docstring's table, max_length 10
+
+
+def test_ffd_exact():
+    assert canon(plan_packs(TABLE, 10, strategy="ffd")) == [[0, 2], [1, 3], [4]]  # [1,8] [3,6] [5]
 
 
 def test_bfd_exact():
-    assert canon(plan_packs(L5, 10)) == [[0, 1], [2], [3, 4]]  # [4,6] [2] [6,4]
+    assert canon(plan_packs(TABLE, 10, strategy="bfd")) == [[0, 1, 3], [2], [4]]  # [1,3,6] [8] [5]
 
 
 def test_greedy_exact():
-    assert canon(plan_packs(L5, 10, strategy="greedy")) == [[0, 3], [1], [2, 4]]  # [6] [4,6] [2,4]
+    assert canon(plan_packs(TABLE, 10, strategy="greedy")) == [[0, 1, 4], [2], [3]]  # [1,3,5] [8] [6]
 
 
 def test_next_fit_exact():
-    assert canon(plan_packs(L5, 10, strategy="next_fit")) == [[0, 1], [2, 3], [4]]  # [4,6] [2,6] [4]
+    assert canon(plan_packs(TABLE, 10, strategy="next_fit")) == [[0, 1], [2], [3], [4]]  # [1,3] [8] [6] [5]
+
+
+def test_default_strategy_is_ffd():
+    assert DEFAULT_STRATEGY == "ffd"
+    assert plan_packs(TABLE, 10) == plan_packs(TABLE, 10, strategy="ffd")
+    assert plan_packs(TABLE, 10).strategy == "ffd"
+
+
+def test_bfd_fewer_packs_than_ffd():
+    # 12 (room 4), 8 (room 8); the 5 fits only the 8's pack (room 3). The 3: ffd takes the
+    # first pack that fits (the 12's, room 4 -> 1), so one 2 fits (room 3) and the other
+    # opens a pack. bfd takes the fullest (the 8's, room 3 -> 0): room 4 takes both 2s.
+    lengths = [12, 8, 5, 3, 2, 2]
+    assert canon(plan_packs(lengths, 16, strategy="ffd")) == [[0, 3], [1, 2, 4], [5]]  # [12,3] [8,5,2] [2]
+    assert canon(plan_packs(lengths, 16, strategy="bfd")) == [[0, 4, 5], [1, 2, 3]]  # [12,2,2] [8,5,3]
+
+
+def test_bfd_more_packs_than_ffd():
+    # 11 (room 5), 6+6 (room 4). The 3: ffd -> first pack (room 5 -> 2), bfd -> fullest
+    # (room 4 -> 1); then the three 2s: ffd fits 1 + 2 of them, bfd 2 + 0 and opens a pack.
+    lengths = [11, 6, 6, 3, 2, 2, 2]
+    assert canon(plan_packs(lengths, 16, strategy="ffd")) == [[0, 3, 4], [1, 2, 5, 6]]  # [11,3,2] [6,6,2,2]
+    assert canon(plan_packs(lengths, 16, strategy="bfd")) == [[0, 4, 5], [1, 2, 3], [6]]  # [11,2,2] [6,6,3] [2]
+
+
+def test_bfd_ties_go_to_the_lowest_pack_id():
+    # 7 -> pack 0 (room 3), 5 -> pack 1 (room 5), 4 -> pack 1 (room 1), 2 -> pack 0 (room 1).
+    # Packs 0 and 1 both have room 1, pack 1 had it first; the 1 goes to pack 0, the lower id.
+    assert canon(plan_packs([7, 5, 4, 2, 1], 10, strategy="bfd")) == [[0, 3, 4], [1, 2]]  # [7,2,1] [5,4]
+
+
+def test_bfd_serves_a_room_of_several_packs_in_one_step():
+    # the _bfd docstring's example: three packs at room 4 take one 3 each, two 3s open a pack
+    assert canon(plan_packs([6, 6, 6, 3, 3, 3, 3, 3], 10, strategy="bfd")) == [[0, 3], [1, 4], [2, 5], [6, 7]]
+    # copies go in index order to packs in id order: 3s 0, 2 to the packs of 6s 1, 3; 3 4 opens a pack
+    assert canon(plan_packs([3, 6, 3, 6, 3], 10, strategy="bfd")) == [[0, 1], [2, 3], [4]]
+
+
+def test_bfd_cap_skips_the_full_pack():
+    # 6 -> pack 0 (room 4), 5 -> pack 1 (room 5), 3 -> pack 0 (room 1). Without a cap the 1
+    # goes to pack 0 (least room); with cap 2 pack 0 is closed, so it goes to pack 1.
+    assert canon(plan_packs([6, 5, 3, 1], 10, strategy="bfd")) == [[0, 2, 3], [1]]
+    assert canon(plan_packs([6, 5, 3, 1], 10, strategy="bfd", max_samples_per_pack=2)) == [[0, 2], [1, 3]]
+
+
+def test_bfd_cap_counts_the_samples_a_new_pack_opened_with():
+    # cap 3: the two 10s open pack 0 together (room 80, 2 samples); of the 5s only one more fits the cap
+    assert canon(plan_packs([10, 10, 5, 5], 100, strategy="bfd", max_samples_per_pack=3)) == [[0, 1, 2], [3]]
 
 
 def test_random_exact_for_seed_0_and_seed_dependent():
     # pinned: a change here changes every saved plan made with strategy="random"
-    assert canon(plan_packs(L5, 10, strategy="random", seed=0)) == [[0, 3], [1, 2], [4]]
+    assert canon(plan_packs([4, 6, 2, 6, 4], 10, strategy="random", seed=0)) == [[0, 3], [1, 2], [4]]
     lengths = list(range(1, 21))
     plans = {tuple(map(tuple, canon(plan_packs(lengths, 25, strategy="random", seed=s)))) for s in range(5)}
     assert len(plans) > 1
@@ -96,34 +169,35 @@ def test_module_docstring_example():
     assert plan.stats([7, 5, 4, 3, 1])["efficiency"] == 1.0
 
 
-def test_bfd_is_exactly_ffd_on_a_skewed_set():
+@pytest.mark.parametrize("strategy, ref", [("ffd", ref_ffd), ("bfd", ref_bfd)])
+def test_decreasing_strategies_are_exactly_their_references_on_a_skewed_set(strategy, ref):
     rng = np.random.default_rng(1)
     lengths = np.clip(np.rint(rng.lognormal(np.log(900), 0.9, 3000)), 1, 30000).astype(int)
-    plan = plan_packs(lengths, 8000)
-    assert canon(plan) == ref_ffd(lengths.tolist(), 8000)
+    plan = plan_packs(lengths, 8000, strategy=strategy)
+    assert canon(plan) == ref(lengths.tolist(), 8000)
 
 
-def test_bfd_equal_lengths_fill_by_copies():
+@pytest.mark.parametrize("strategy", ["ffd", "bfd"])
+def test_decreasing_strategies_equal_lengths_fill_by_copies(strategy):
     # 7 x 3 in max_length 10: 3 per pack -> [0,1,2] [3,4,5] [6]
-    assert canon(plan_packs([3] * 7, 10)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert canon(plan_packs([3] * 7, 10, strategy=strategy)) == [[0, 1, 2], [3, 4, 5], [6]]
 
 
-def test_indices_ascending_inside_each_pack():
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_indices_ascending_inside_each_pack(strategy):
     lengths = [1, 9, 2, 8, 3, 7, 5, 5]
-    for strategy in ("bfd", "greedy", "random", "next_fit"):
-        for p in plan_packs(lengths, 10, strategy=strategy).packs:
-            assert p == sorted(p)
+    for p in plan_packs(lengths, 10, strategy=strategy).packs:
+        assert p == sorted(p)
 
 
 # ----------------------------------------------------------------------------- controls, exact
 
 
-def test_max_samples_per_pack():
-    assert canon(plan_packs([1] * 7, 10, max_samples_per_pack=3)) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert canon(plan_packs([1] * 7, 10, strategy="next_fit", max_samples_per_pack=3)) == \
-        [[0, 1, 2], [3, 4, 5], [6]]
+@pytest.mark.parametrize("strategy", ["ffd", "bfd", "greedy", "next_fit"])  # random: other indices per pack
+def test_max_samples_per_pack(strategy):
+    assert canon(plan_packs([1] * 7, 10, strategy=strategy, max_samples_per_pack=3)) == [[0, 1, 2], [3, 4, 5], [6]]
     # the cap binds before the length does: 3 + 3 fits in 10, but cap 1
-    assert canon(plan_packs([3, 3], 10, max_samples_per_pack=1)) == [[0], [1]]
+    assert canon(plan_packs([3, 3], 10, strategy=strategy, max_samples_per_pack=1)) == [[0], [1]]
 
 
 def test_buffer_without_min_fill_plans_windows_independently():
@@ -231,12 +305,12 @@ def test_empty_input():
 
 def test_validation_reports_every_error_at_once():
     with pytest.raises(ValueError) as e:
-        plan_packs([1, -2], 0, strategy="ffd", seed=-1, buffer_size=0, min_fill_ratio=1.5, drop_last="yes",
+        plan_packs([1, -2], 0, strategy="wfd", seed=-1, buffer_size=0, min_fill_ratio=1.5, drop_last="yes",
                    overlong="truncate", max_samples_per_pack=0)
     assert str(e.value) == (
         "plan_packs: lengths must be non-negative: index 1 (-2); "
         "max_length must be a positive integer, got 0; "
-        "strategy must be one of 'bfd', 'greedy', 'next_fit', 'random', got 'ffd'; "
+        "strategy must be one of 'ffd', 'bfd', 'greedy', 'next_fit', 'random', got 'wfd'; "
         "seed must be a non-negative integer, got -1; "
         "buffer_size must be None (whole dataset) or an integer >= 1, got 0; "
         "min_fill_ratio must be a number in [0, 1], got 1.5; "
@@ -268,12 +342,13 @@ def test_numpy_and_list_inputs_agree():
 # ----------------------------------------------------------------------------- determinism
 
 
-def test_same_seed_same_plan_and_bfd_seed_only_shuffles():
+@pytest.mark.parametrize("strategy", ["ffd", "bfd"])
+def test_same_seed_same_plan_and_decreasing_seed_only_shuffles(strategy):
     rng = np.random.default_rng(3)
     lengths = rng.integers(1, 5000, 500)
-    a, b = plan_packs(lengths, 8000, seed=7), plan_packs(lengths, 8000, seed=7)
+    a, b = plan_packs(lengths, 8000, strategy=strategy, seed=7), plan_packs(lengths, 8000, strategy=strategy, seed=7)
     assert a == b and a.to_json() == b.to_json()
-    others = [plan_packs(lengths, 8000, seed=s) for s in (8, 9)]
+    others = [plan_packs(lengths, 8000, strategy=strategy, seed=s) for s in (8, 9)]
     assert all(canon(o) == canon(a) for o in others)
     assert any(o.packs != a.packs for o in others)
 
@@ -300,7 +375,7 @@ def test_stats_exact():
         "packed_tokens": 17, "efficiency": 0.85, "l1_bound": 2, "samples_dropped": 3,
         "tokens_dropped": 28, "min_fill": 0.8, "mean_fill": 0.85, "max_fill": 0.9,
         "dropped_by_reason": {"drop_last": 1, "empty": 1, "overlong": 1},
-        "max_length": 10, "strategy": "bfd",
+        "max_length": 10, "strategy": "ffd",
     }
     assert sorted(plan.pack_lengths(lengths)) == [8, 9]
 
@@ -337,7 +412,7 @@ lengths_st = st.lists(st.integers(0, 60), min_size=0, max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
-@given(lengths=lengths_st, C=st.integers(1, 50), strategy=st.sampled_from(["bfd", "greedy", "next_fit", "random"]),
+@given(lengths=lengths_st, C=st.integers(1, 50), strategy=st.sampled_from(STRATEGIES),
        buffer_size=st.one_of(st.none(), st.integers(1, 20)), ratio=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
        drop_last=st.booleans(), cap=st.one_of(st.none(), st.integers(1, 5)), seed=st.integers(0, 3))
 def test_plan_invariants(lengths, C, strategy, buffer_size, ratio, drop_last, cap, seed):
@@ -368,11 +443,19 @@ def test_plan_invariants(lengths, C, strategy, buffer_size, ratio, drop_last, ca
 @settings(max_examples=300, deadline=None)
 @given(lengths=st.lists(st.integers(1, 100), min_size=0, max_size=80), C=st.integers(1, 120),
        cap=st.one_of(st.none(), st.integers(1, 6)))
-def test_bfd_matches_reference_ffd(lengths, C, cap):
-    plan = plan_packs(lengths, C, max_samples_per_pack=cap)
-    ref = ref_ffd(lengths, C, cap)
-    assert plan.num_packs <= len(ref)
-    assert canon(plan) == ref
+def test_ffd_matches_reference_ffd(lengths, C, cap):
+    assert canon(plan_packs(lengths, C, strategy="ffd", max_samples_per_pack=cap)) == ref_ffd(lengths, C, cap)
+
+
+# and few distinct lengths in many samples: long runs, rooms holding several packs
+bfd_lengths_st = st.one_of(st.lists(st.integers(1, 100), max_size=80),
+                           st.lists(st.integers(1, 9), min_size=20, max_size=200))
+
+
+@settings(max_examples=400, deadline=None)
+@given(lengths=bfd_lengths_st, C=st.integers(1, 120), cap=st.one_of(st.none(), st.integers(1, 6)))
+def test_bfd_matches_reference_bfd(lengths, C, cap):
+    assert canon(plan_packs(lengths, C, strategy="bfd", max_samples_per_pack=cap)) == ref_bfd(lengths, C, cap)
 
 
 @settings(max_examples=200, deadline=None)
