@@ -9,9 +9,9 @@ Parts (same run, same model, same data; seconds are wall clock):
   a_inproc  Preprocessing that must finish before the first optimizer step, in this process, on
             ``--records`` records (the bundled LVIS sample's 200 records with real JPEGs, cycled,
             absolute image paths), both sides starting from the same loaded template
-            (``dataset_lengths.load_template``, ``--max_pixels``), not counted for either.
-            ours:     ``LengthCounter.from_template`` + ``count_dataset`` (empty cache, image headers
-                      checked, 1 process, as training does) + ``plan_packs`` (bfd, the tiny config's buffer,
+            (``training.calibration.load_template``, ``--max_pixels``), not counted for either.
+            ours:     ``counter_from_template`` + ``count_dataset`` (empty cache, image headers
+                      checked, 1 process, as training does) + ``plan_packs`` (the default strategy, the tiny config's buffer,
                       overlong drop); also the shipped config's ``build_sample_plan`` (overlong split).
                       Best of ``--repeat``.
             ms-swift: ``AddLengthPreprocessor`` over an HF dataset of the same rows
@@ -125,12 +125,12 @@ def read_rows(path: pathlib.Path) -> list[dict]:
 def part_a_inproc(args, model: pathlib.Path, data: pathlib.Path, messages: pathlib.Path, work: pathlib.Path) -> dict:
     import numpy as np
 
-    from swift_plugins.data import ConversationOptions
-    from swift_plugins.dataset_lengths import count_dataset, load_template
-    from swift_plugins.lengths import LengthCounter
-    from swift_plugins.packed_dataset import build_sample_plan
     from swift_plugins.config import resolve_config
-    from swift_plugins.packing import plan_packs
+    from swift_plugins.data import ConversationOptions
+    from swift_plugins.lengths import count_dataset
+    from swift_plugins.packing import DEFAULT_STRATEGY, plan_packs
+    from swift_plugins.packing.samples import build_sample_plan
+    from swift_plugins.training.calibration import counter_from_template, load_template
 
     buffer = resolve_config(str(CFG_PACKING), world_size=1).config.training.packing_buffer
 
@@ -175,23 +175,23 @@ def part_a_inproc(args, model: pathlib.Path, data: pathlib.Path, messages: pathl
         shutil.rmtree(cache, ignore_errors=True)
         c0 = cpu_seconds()
         t0 = time.perf_counter()
-        counter = LengthCounter.from_template(template)
+        counter = counter_from_template(template)
         t1 = time.perf_counter()
         counted = count_dataset(data, counter, ConversationOptions(), check_images=True, cache_dir=cache)
         t2 = time.perf_counter()
-        plan = plan_packs(counted.total_tokens, L, strategy="bfd", seed=0, buffer_size=buffer, overlong="drop")
+        plan = plan_packs(counted.total_tokens, L, strategy=DEFAULT_STRATEGY, seed=0, buffer_size=buffer, overlong="drop")
         t3 = time.perf_counter()
         cpu = cpu_seconds() - c0
         assert not counted.from_cache
         ours_runs.append({"counter": t1 - t0, "count": t2 - t1, "plan": t3 - t2, "total": t3 - t0, "cpu": cpu})
-        log(f"ours run {r + 1}: {t3 - t0:.2f} s (LengthCounter.from_template {t1 - t0:.2f}, count_dataset incl. "
+        log(f"ours run {r + 1}: {t3 - t0:.2f} s (counter_from_template {t1 - t0:.2f}, count_dataset incl. "
             f"frame calibration {t2 - t1:.2f}, plan_packs {t3 - t2:.3f})")
 
         cache = work / f"cache_inproc_split_{r}"
         shutil.rmtree(cache, ignore_errors=True)
         t0 = time.perf_counter()
-        counter = LengthCounter.from_template(template)
-        sp = build_sample_plan(data, counter, ConversationOptions(), global_max_length=L, strategy="bfd", seed=0,
+        counter = counter_from_template(template)
+        sp = build_sample_plan(data, counter, ConversationOptions(), global_max_length=L, strategy=DEFAULT_STRATEGY, seed=0,
                                buffer_size=buffer, overlong="split", check_images=True, cache_dir=cache)
         split_runs.append(time.perf_counter() - t0)
         log(f"ours as shipped config (overlong split) run {r + 1}: {split_runs[-1]:.2f} s")
@@ -491,7 +491,7 @@ def report(results: dict, args) -> str:
                 "| side | seconds | breakdown | time / ours |", "|---|---:|---|---:|"]
         best = min(a["ours_runs"], key=lambda r: r["total"])
         runs = ", ".join(f"{r['total']:.2f}" for r in a["ours_runs"])
-        out.append(f"| ours: count_dataset (cold cache, image headers checked) + plan_packs (bfd, buffer {a['buffer']}, "
+        out.append(f"| ours: count_dataset (cold cache, image headers checked) + plan_packs ({DEFAULT_STRATEGY}, buffer {a['buffer']}, "
                    f"overlong drop) | {a['ours_best_s']:.2f} | LengthCounter {best['counter']:.2f} + count_dataset "
                    f"{best['count']:.2f} + plan {best['plan']:.3f}; runs: {runs} | 1.0 |")
         runs = ", ".join(f"{r:.2f}" for r in a["ours_split_runs_s"])
@@ -622,9 +622,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "b" in args.parts:
         # exact lengths of the sample (== ms-swift's, checked in a_inproc on the same records)
         from swift_plugins.data import ConversationOptions
-        from swift_plugins.dataset_lengths import count_dataset, load_template
-        from swift_plugins.lengths import LengthCounter
-        counter = LengthCounter.from_template(load_template(model, max_pixels=args.max_pixels))
+        from swift_plugins.lengths import count_dataset
+        from swift_plugins.training.calibration import counter_from_template, load_template
+        counter = counter_from_template(load_template(model, max_pixels=args.max_pixels))
         sample_copy = work / "sample_abs.jsonl"
         write_sample = [json.loads(l) for l in SAMPLE.read_text().splitlines() if l.strip()]
         with open(sample_copy, "w") as f:

@@ -2,18 +2,23 @@
 
     .venv/bin/python bench/bench_packing.py                       # synthetic LVIS-like lengths
     .venv/bin/python bench/bench_packing.py --sample_stats docs/temp_packed_dataset/sample_stats.jsonl
-    .venv/bin/python bench/bench_packing.py --scale 10000000      # time bfd on 10M samples
+    .venv/bin/python bench/bench_packing.py --scale 10000000      # time ffd and bfd on 10M samples
 
 Rows (same lengths, same run):
-  ours <strategy>      swift_plugins.packing.plan_packs
+  ours <strategy>      swift_plugins.packing.plan_packs; ffd and bfd also planned in windows
+                       (buffer_size) with the min-fill / drop-last controls. All "ours" rows
+                       are timed round-robin (best of --repeat), so load drifts hit all alike.
   ms-swift binpack     ms-swift 4.6 PackingDataset logic reproduced: windows of
                        PACKING_BATCH_SIZE=1000 samples, binpacking.to_constant_volume on
                        (carried + new) samples, last bin carried into the next window.
                        (binpacking's rule is "emptiest bin that fits", i.e. worst-fit
                        decreasing, although ms-swift's comment says best-fit.)
-  FFD reference        item-by-item first-fit decreasing with a max segment tree
-  BFD reference        item-by-item best-fit decreasing over a sorted capacity list
+  FFD reference        item-by-item first-fit decreasing with a max segment tree; ours ffd
+                       must give exactly its packs
+  BFD reference        item-by-item best-fit decreasing over a sorted capacity list; ours bfd
+                       must give exactly its packs
   next-fit reference   plain loop, data order, one open pack
+Then ffd against bfd per configuration: packs, efficiency, seconds and the bfd/ffd ratios.
 Samples longer than max_length are removed before the competitors run (ms-swift drops them
 at encode time); every row reports the same number of dropped overlong samples.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import gc
 import math
 import os
 import sys
@@ -30,11 +36,19 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from swift_plugins.analysis.report import read_sample_stats  # noqa: E402
-from swift_plugins.packing import deal_packs, plan_packs, step_costs  # noqa: E402
+from swift_plugins.analysis.outputs import read_sample_stats  # noqa: E402
+from swift_plugins.packing import DEFAULT_STRATEGY, deal_packs, plan_packs, step_costs  # noqa: E402
 
 MAX_LENGTHS = (12000, 20000, 24000)
 PACKING_BATCH_SIZE = 1000  # ms-swift 4.6 PackingDataset.PACKING_BATCH_SIZE
+# (row label suffix, plan_packs options): the configurations ffd and bfd both run in
+CONFIGS = (
+    ("", {}),
+    (", buffer 256", {"buffer_size": 256}),
+    (", buffer 256, min_fill 0.7, drop_last (seeds' config)",
+     {"buffer_size": 256, "min_fill_ratio": 0.7, "drop_last": True}),
+    (f", buffer {PACKING_BATCH_SIZE}, min_fill 0.9", {"buffer_size": PACKING_BATCH_SIZE, "min_fill_ratio": 0.9}),
+)
 
 
 def lvis_like_lengths(n: int = 99_388, seed: int = 0) -> np.ndarray:
@@ -153,6 +167,23 @@ def _timed(fn: Callable, repeat: int):
     return out, best
 
 
+def _race(fns: dict[tuple[str, str], Callable], repeat: int) -> tuple[dict, dict[tuple[str, str], float]]:
+    """Run every callable once per round, ``repeat`` rounds; return outputs and best seconds."""
+    best = {name: math.inf for name in fns}
+    out = {}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            gc.collect()
+            t = time.perf_counter()
+            out[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return out, best
+
+
+def _canon(packs) -> list[list[int]]:
+    return sorted(sorted(p) for p in packs)
+
+
 def _check_packs(packs, lengths, max_length, expect_indices):
     seen = [i for p in packs for i in p]
     assert len(seen) == len(set(seen)), "an index is packed twice"
@@ -173,23 +204,21 @@ def run_max_length(lengths: np.ndarray, C: int, repeat: int, skip_slow: bool):
                      "efficiency": tokens / (len(packs) * C) if packs else 0.0, "dropped": dropped,
                      "seconds": secs})
 
-    plans = {}
-    for strategy in ("bfd", "greedy", "random", "next_fit"):
-        plan, secs = _timed(lambda: plan_packs(lengths, C, strategy=strategy), repeat)
-        _check_packs(plan.packs, lengths, C, fit)
-        plans[strategy] = plan
-        add(f"ours {strategy}", plan.packs, secs, len(plan.dropped))
-    plan, secs = _timed(lambda: plan_packs(lengths, C, buffer_size=256), repeat)
-    _check_packs(plan.packs, lengths, C, fit)
-    add("ours bfd, buffer 256", plan.packs, secs, len(plan.dropped))
-    plan, secs = _timed(lambda: plan_packs(lengths, C, buffer_size=256, min_fill_ratio=0.7, drop_last=True),
-                        repeat)
-    _check_packs(plan.packs, lengths, C, fit - set(plan.dropped))
-    add("ours bfd, buffer 256, min_fill 0.7, drop_last (seeds' config)", plan.packs, secs, len(plan.dropped))
-    plan, secs = _timed(lambda: plan_packs(lengths, C, buffer_size=PACKING_BATCH_SIZE, min_fill_ratio=0.9),
-                        repeat)
-    _check_packs(plan.packs, lengths, C, fit)
-    add(f"ours bfd, buffer {PACKING_BATCH_SIZE}, min_fill 0.9", plan.packs, secs, len(plan.dropped))
+    ours = {(strategy, ""): {} for strategy in ("ffd", "bfd", "greedy", "random", "next_fit")}
+    for label, options in CONFIGS[1:]:
+        for strategy in ("ffd", "bfd"):
+            ours[(strategy, label)] = options
+    plans, race_s = _race({key: (lambda key=key: plan_packs(lengths, C, strategy=key[0], **ours[key]))
+                           for key in ours}, repeat)
+    for (strategy, label), plan in plans.items():
+        expect = fit - set(plan.dropped) if ours[(strategy, label)].get("drop_last") else fit
+        _check_packs(plan.packs, lengths, C, expect)
+        add(f"ours {strategy}{label}", plan.packs, race_s[(strategy, label)], len(plan.dropped))
+    versus = []
+    for label, _ in CONFIGS:
+        f, b = (plans[(strategy, label)].stats(lengths) for strategy in ("ffd", "bfd"))
+        versus.append({"config": label.lstrip(", ") or "one window", "ffd": f, "bfd": b,
+                       "ffd_s": race_s[("ffd", label)], "bfd_s": race_s[("bfd", label)]})
 
     packs, secs = _timed(lambda: ms_swift_binpack(lengths, C), 1)
     _check_packs(packs, lengths, C, fit)
@@ -198,18 +227,18 @@ def run_max_length(lengths: np.ndarray, C: int, repeat: int, skip_slow: bool):
     if not skip_slow:
         packs, secs = _timed(lambda: ffd_reference(lengths, C), 1)
         _check_packs(packs, lengths, C, fit)
-        ffd_packs = len(packs)
         add("FFD reference (python, segment tree)", packs, secs, n_over)
+        assert _canon(packs) == _canon(plans[("ffd", "")].packs), "ours ffd differs from the FFD reference"
         packs, secs = _timed(lambda: bfd_reference(lengths, C), 1)
         _check_packs(packs, lengths, C, fit)
         add("BFD reference (python, sorted caps)", packs, secs, n_over)
-        assert plans["bfd"].num_packs <= ffd_packs, "ours bfd used more packs than FFD"
+        assert _canon(packs) == _canon(plans[("bfd", "")].packs), "ours bfd differs from the BFD reference"
     packs, secs = _timed(lambda: next_fit_reference(lengths, C), 1)
     _check_packs(packs, lengths, C, fit)
     add("next-fit reference (python loop)", packs, secs, n_over)
     for r in rows:
         r["vs_ms_swift_time"] = r["seconds"] / swift_secs
-    return rows, plans["bfd"]
+    return rows, versus, plans[(DEFAULT_STRATEGY, "")]
 
 
 def deal_rows(plan, lengths, world_size=4) -> list[dict]:
@@ -230,17 +259,22 @@ def main(argv=None) -> int:
     ap.add_argument("--max_lengths", type=int, nargs="+", default=list(MAX_LENGTHS))
     ap.add_argument("--repeat", type=int, default=3, help="best-of repeats for our planner timings")
     ap.add_argument("--skip_slow", action="store_true", help="skip the item-by-item FFD/BFD references")
-    ap.add_argument("--scale", type=int, default=0, help="only time bfd on this many synthetic samples")
+    ap.add_argument("--scale", type=int, default=0, help="only time ffd and bfd on this many synthetic samples")
     args = ap.parse_args(argv)
 
     if args.scale:
         lengths = lvis_like_lengths(args.scale)
         for C in args.max_lengths:
-            plan, secs = _timed(lambda: plan_packs(lengths, C), 1)
-            s = plan.stats(lengths)
-            print(f"scale n={args.scale:,} max_length={C}: bfd {secs:.2f} s, packs {s['num_packs']:,} "
-                  f"(L1 {s['l1_bound']:,}), efficiency {s['efficiency'] * 100:.3f}%, "
-                  f"dropped {s['samples_dropped']:,}")
+            secs = {}
+            for strategy in ("ffd", "bfd"):
+                gc.collect()  # the previous plan is gone: its lists do not slow this run's collections
+                plan, secs[strategy] = _timed(lambda: plan_packs(lengths, C, strategy=strategy), 1)
+                s = plan.stats(lengths)
+                del plan
+                print(f"scale n={args.scale:,} max_length={C}: {strategy} {secs[strategy]:.2f} s, packs "
+                      f"{s['num_packs']:,} (L1 {s['l1_bound']:,}), efficiency {s['efficiency'] * 100:.3f}%, "
+                      f"dropped {s['samples_dropped']:,}")
+            print(f"scale n={args.scale:,} max_length={C}: time bfd / ffd {secs['bfd'] / secs['ffd']:.2f}")
         return 0
 
     if args.sample_stats:
@@ -255,8 +289,9 @@ def main(argv=None) -> int:
         lengths, source = lvis_like_lengths(), "synthetic LVIS-like (lvis_like_lengths, seed 0)"
     print(f"lengths: {source}: n={len(lengths):,} median {np.median(lengths):.0f} mean {lengths.mean():.1f} "
           f"p95 {np.percentile(lengths, 95):.0f} p99 {np.percentile(lengths, 99):.0f} max {lengths.max():,}")
+    print(f"default strategy (plan_packs): {DEFAULT_STRATEGY}")
     for C in args.max_lengths:
-        rows, plan = run_max_length(lengths, C, args.repeat, args.skip_slow)
+        rows, versus, plan = run_max_length(lengths, C, args.repeat, args.skip_slow)
         print(f"\n### max_length {C}\n")
         print("| method | packs | L1 bound | over L1 | efficiency | dropped | seconds | time / ms-swift |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -264,8 +299,19 @@ def main(argv=None) -> int:
             print(f"| {r['method']} | {r['packs']:,} | {r['l1']:,} | {r['over_l1']:+,} | "
                   f"{r['efficiency'] * 100:.3f}% | {r['dropped']:,} | {r['seconds']:.4f} | "
                   f"{r['vs_ms_swift_time']:.4f} |")
-        print("\nDeal balance at world_size 4, per_device_batch_size 1, cost = sum(len) + sum(len^2)/48000 "
-              "(imbalance = sum of per-step max / sum of per-step mean; 1.0 = no rank waits):\n")
+        print("\nffd against bfd (same run; bfd - ffd packs, bfd / ffd seconds):\n")
+        print("| config | ffd packs (over L1) | bfd packs (over L1) | bfd - ffd | ffd efficiency | bfd efficiency "
+              "| ffd dropped | bfd dropped | ffd seconds | bfd seconds | bfd / ffd time |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for v in versus:
+            f, b = v["ffd"], v["bfd"]
+            print(f"| {v['config']} | {f['num_packs']:,} ({f['num_packs'] - f['l1_bound']:+,}) | "
+                  f"{b['num_packs']:,} ({b['num_packs'] - b['l1_bound']:+,}) | {b['num_packs'] - f['num_packs']:+,} | "
+                  f"{f['efficiency'] * 100:.3f}% | {b['efficiency'] * 100:.3f}% | {f['samples_dropped']:,} | "
+                  f"{b['samples_dropped']:,} | {v['ffd_s']:.4f} | {v['bfd_s']:.4f} | {v['bfd_s'] / v['ffd_s']:.2f} |")
+        print(f"\nDeal balance of the {DEFAULT_STRATEGY} plan at world_size 4, per_device_batch_size 1, "
+              "cost = sum(len) + sum(len^2)/48000 (imbalance = sum of per-step max / sum of per-step mean; "
+              "1.0 = no rank waits):\n")
         print("| deal | steps | imbalance |")
         print("|---|---:|---:|")
         for r in deal_rows(plan, lengths):

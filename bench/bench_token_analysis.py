@@ -23,7 +23,7 @@ Parts (each timed ``--repeat`` times, best reported):
                      with one thread (faster when other jobs share the cores); the fastest
                      ms-swift run is compared. ``--swift_map`` adds the full ``datasets.map`` path
                      (``swift sft``'s ``dataset_num_proc 1``: datasets forks one worker).
-                     ours: ``LengthCounter.from_template`` + ``count_dataset`` with an empty
+                     ours: ``counter_from_template`` + ``count_dataset`` with an empty
                      cache (image headers checked). Counts must be equal record by record.
                      Target: ours >= 20x faster.
 
@@ -216,9 +216,9 @@ def run_analysis(args, model: str, jsonl: str) -> tuple[list[dict], dict]:
 def compare_with_swift(args, model: str) -> dict:
     from swift.dataset import AddLengthPreprocessor
 
-    from swift_plugins import data, lengths
-    from swift_plugins.dataset_lengths import count_dataset, load_template
-    from swift_plugins.lengths import LengthCounter
+    from swift_plugins import data
+    from swift_plugins.lengths import count_dataset, image_rule
+    from swift_plugins.training.calibration import counter_from_template, load_template
 
     path = cycled_sample(args.work_dir, args.compare_records)
     base_dir = os.path.dirname(path)
@@ -257,9 +257,9 @@ def compare_with_swift(args, model: str) -> dict:
                              f"records (0-based) {diff[:10]}")
 
     def ours_lengths():
-        lengths._resized_size.cache_clear()  # nothing carried over from the previous repeat
+        image_rule._resized_size.cache_clear()  # nothing carried over from the previous repeat
         with tempfile.TemporaryDirectory(dir=args.work_dir) as cache:  # empty cache: a real count
-            counter = LengthCounter.from_template(template)
+            counter = counter_from_template(template)
             res = count_dataset(path, counter, check_images=True, cache_dir=cache)
         assert not res.from_cache
         return res.total_tokens.tolist()
@@ -382,7 +382,7 @@ def compare_table(args, cmp: dict, verdicts: dict, met) -> list[str]:
         m = cmp["swift_map"]
         lines.append(f"| ms-swift 4.6 AddLengthPreprocessor via datasets.map (num_proc 1: one forked worker) | "
                      f"{m[0]:.2f} | {1000 * m[0] / n:.2f} | {m[0] / o_best[0]:.1f} | {m[1]} |")
-    lines.append(f"| ours: LengthCounter.from_template + count_dataset, empty cache, image headers checked | "
+    lines.append(f"| ours: counter_from_template + count_dataset, empty cache, image headers checked | "
                  f"{o_best[0]:.3f} | {1000 * o_best[0] / n:.3f} | 1.0 | {o_best[1]} |")
     lines.append("")
     lines.append("All runs (s): " + "; ".join(

@@ -9,8 +9,8 @@ ms-swift 4.6 refuses packing / padding_free unless ``attn_impl`` is a flash-atte
 has an effect (``packing`` turns ``padding_free`` on) and drops the refusal.
 
 The refusal is right for training: with stock sdpa ms-swift's collator passes only the 3 mrope
-rows of ``position_ids``, so packed samples ATTEND TO EACH OTHER (measured in
-../shared/notes/ms-swift-4.6.md: max logit diff 0.76 against separate runs). The benchmark only
+rows of ``position_ids``, so packed samples ATTEND TO EACH OTHER (measured: max logit diff 0.76
+against separate runs; docs/ms-swift-4.6.md). The benchmark only
 times preprocessing and the first optimizer step, where the amount of work does not depend on the
 mask; never use this plugin to train a model.
 """

@@ -14,13 +14,14 @@ import numpy as np
 
 from swift_plugins.analysis.outputs import Analysis, fmt_int, fmt_pct, variant_text
 from swift_plugins.files import atomic_write_bytes
+from swift_plugins.packing.planner import DEFAULT_STRATEGY
 
 __all__ = ["plot_packing_efficiency", "plot_token_distribution"]
 
 SCATTER_MAX_POINTS = 5000
 LENGTH_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "tab:red")
-STRATEGY_STYLE = {"bfd": ("tab:blue", "o"), "greedy": ("tab:orange", "s"), "next_fit": ("tab:green", "^"),
-                  "random": ("tab:red", "v")}
+STRATEGY_STYLE = {"ffd": ("tab:blue", "o"), "bfd": ("tab:purple", "D"), "greedy": ("tab:orange", "s"),
+                  "next_fit": ("tab:green", "^"), "random": ("tab:red", "v")}  # one per planner.STRATEGIES
 
 
 def _plt():
@@ -152,7 +153,7 @@ def plot_packing_efficiency(analysis: Analysis, path: str, *, recommended: Optio
         hi = np.array([e["max_fill"] for e in entries])
         axes[1, 1].errorbar(x + offsets[k], 100 * mean, yerr=[100 * (mean - lo), 100 * (hi - mean)], capsize=4,
                             color=style["color"], marker=style["marker"], linestyle="none")
-    l1 = sorted((e for e in analysis.simulations if e["strategy"] == "bfd" and e["buffer_size"] is None),
+    l1 = sorted((e for e in analysis.simulations if e["strategy"] == DEFAULT_STRATEGY and e["buffer_size"] is None),
                 key=lambda e: e["global_max_length"])
     if l1:
         axes[0, 0].plot([e["global_max_length"] for e in l1],

@@ -143,7 +143,7 @@ class TrainingSetup:
 
 def setup_from_analysis(analysis: Analysis, *, world_size: Optional[int] = None,
                         global_max_length: Optional[int] = None) -> TrainingSetup:
-    """The analysis CLI's own setup (recommendations.json); packing = the recommendation's plan (bfd, one window)."""
+    """The analysis CLI's own setup (recommendations.json); packing = the recommendation's plan (its strategy, one window)."""
     rec = analysis.recommendations
     r = analysis.recommended
     if r is None:

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from swift_plugins.packing.planner import plan_packs
+from swift_plugins.packing.planner import DEFAULT_STRATEGY, plan_packs
 
 __all__ = ["AUTO_MAX_LENGTH_FACTORS", "auto_max_lengths", "dataset_stats", "describe", "recommend", "simulate",
            "training_steps"]
@@ -71,11 +71,11 @@ def training_steps(num_packs: int, effective_batch_size: int, num_train_epochs: 
 def simulate(total_tokens: np.ndarray, max_lengths: Sequence[int], strategies: Sequence[str], *, seed: int,
              effective_batch_size: int, num_train_epochs: int, packing_buffer: Optional[int],
              min_fill_ratio: float, drop_last: bool) -> list[dict]:
-    """One entry per (max_length, strategy) plus the buffered variant of ``bfd`` with the controls."""
+    """One entry per (max_length, strategy) plus the buffered variant of the default strategy with the controls."""
     entries = []
     variants = [(s, None, 0.0, False) for s in strategies]
     if packing_buffer:
-        variants.append(("bfd", packing_buffer, min_fill_ratio, drop_last))
+        variants.append((DEFAULT_STRATEGY, packing_buffer, min_fill_ratio, drop_last))
     for max_length in max_lengths:
         for strategy, buffer, fill, drop in variants:
             t0 = time.perf_counter()
@@ -103,7 +103,7 @@ def simulate(total_tokens: np.ndarray, max_lengths: Sequence[int], strategies: S
 def recommend(simulations: list[dict], stats: dict, *, memory_rows: dict, gpu_memory_gib: float,
               memory_headroom: float, max_drop_fraction: float, effective_batch_size: int, world_size: int,
               per_device_train_batch_size: int, padding_batch_size: int, num_train_epochs: int,
-              strategy: str = "bfd") -> dict:
+              strategy: str = DEFAULT_STRATEGY) -> dict:
     """Pick global_max_length: the smallest length (most optimizer steps, least memory) whose
     estimated memory fits ``gpu_memory_gib * (1 - memory_headroom)`` and whose dropped fraction is
     at most ``max_drop_fraction``; if none qualifies, the fitting length that drops the fewest."""

@@ -34,7 +34,7 @@ from swift_plugins.data.conversation import EMIT_NORMS, OBJECT_ORDERINGS, Conver
 from swift_plugins.data.records import ON_ERROR_CHOICES
 from swift_plugins.errors import UserError, run_main
 from swift_plugins.files import atomic_write_text
-from swift_plugins.packing.planner import STRATEGIES
+from swift_plugins.packing.planner import DEFAULT_STRATEGY, STRATEGIES
 
 __all__ = ["AnalysisOptions", "build_parser", "main", "options_from_argv", "parse_bool", "run"]
 
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "p99 sample length rounded up to 1,000 (12k/16k/20k/24k for the seeds' LVIS)")
     g.add_argument("--strategies", type=_str_list, default=list(STRATEGIES), help=f"subset of {list(STRATEGIES)}")
     g.add_argument("--packing_buffer", type=int, default=256,
-                   help="also simulate bfd planned in windows of this many samples (0 = skip)")
+                   help=f"also simulate {DEFAULT_STRATEGY} planned in windows of this many samples (0 = skip)")
     g.add_argument("--packing_min_fill_ratio", type=float, default=0.7, help="min fill for the buffered variant")
     g.add_argument("--packing_drop_last", type=parse_bool, default=True, help="drop_last for the buffered variant")
     g = p.add_argument_group("training setup (steps, recommendation)")

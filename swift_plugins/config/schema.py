@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from swift_plugins.data.conversation import ConversationOptions
 from swift_plugins.data.records import ON_ERROR_CHOICES
 from swift_plugins.names import VARLEN_ATTENTION
-from swift_plugins.packing.planner import OVERLONG_CHOICES, STRATEGIES
+from swift_plugins.packing.planner import DEFAULT_STRATEGY, OVERLONG_CHOICES, STRATEGIES
 
 __all__ = ["ATTN_IMPLS", "CONFIG", "Config", "Leaf", "NODE_TYPES", "OURS", "PRESET_DEEPSPEED", "RESERVED_SWIFT_KEYS",
            "SCHEMA_LEAVES", "SECTION_HELP", "SWIFT", "children", "is_section", "leaf_by_path"]
@@ -157,9 +157,10 @@ class TrainingSection:
                                           "reported, never silently lost); false: keep them.",
                                    ours="packing_drop_last")
     eval_packing: bool = _key(False, "Pack the validation set too (needs packing).", ours="eval_packing")
-    packing_strategy: str = _key("bfd", "bfd: first-fit decreasing (near the fewest packs); greedy: by length "
-                                        "descending, next-fit; next_fit: data order, one open pack; random: "
-                                        "seeded shuffle, then next-fit.",
+    packing_strategy: str = _key(DEFAULT_STRATEGY, "ffd: first-fit decreasing; bfd: best-fit decreasing (both "
+                                                   "near the fewest packs; ffd is faster at this size); greedy: by "
+                                                   "length descending, next-fit; next_fit: data order, one open "
+                                                   "pack; random: seeded shuffle, then next-fit.",
                                  ours="packing_strategy", choices=STRATEGIES)
     packing_seed: Optional[int] = _key(None, "Seed of the packing plan (random strategy, order of the packs); "
                                              "null: training.seed.", ours="packing_seed")

@@ -7,7 +7,7 @@
 Pure numpy and Python; deterministic for given inputs and seed.
 """
 from swift_plugins.packing.deal import DEFAULT_COST_C, Deal, deal_packs, pack_costs, step_costs
-from swift_plugins.packing.planner import OVERLONG_CHOICES, STRATEGIES, PackPlan, plan_packs
+from swift_plugins.packing.planner import DEFAULT_STRATEGY, OVERLONG_CHOICES, STRATEGIES, PackPlan, plan_packs
 
-__all__ = ["DEFAULT_COST_C", "OVERLONG_CHOICES", "STRATEGIES", "Deal", "PackPlan", "deal_packs", "pack_costs",
+__all__ = ["DEFAULT_COST_C", "DEFAULT_STRATEGY", "OVERLONG_CHOICES", "STRATEGIES", "Deal", "PackPlan", "deal_packs", "pack_costs",
            "plan_packs", "step_costs"]

@@ -4,43 +4,55 @@ Pure numpy/python (no torch, no ms-swift), deterministic, and lossless in accoun
 every input index ends up in exactly one pack or in ``dropped`` with a reason.
 
     >>> plan = plan_packs([7, 5, 4, 3, 1], max_length=10)
-    >>> sorted(plan.packs)            # FFD: 7+3, 5+4+1
+    >>> sorted(plan.packs)            # ffd, the default: 7+3, 5+4+1
     [[0, 3], [1, 2, 4]]
     >>> plan.stats([7, 5, 4, 3, 1])["efficiency"]
     1.0
 
-Strategies (``strategy=``), on lengths ``[4, 6, 2, 6, 4]`` with ``max_length=10``:
+Strategies (``strategy=``), on lengths ``[1, 3, 8, 6, 5]`` with ``max_length=10``:
 
-    =========  ===============================================  =========================
-    strategy   rule                                             packs (by length)
-    =========  ===============================================  =========================
-    bfd        global first-fit decreasing (see below)          [6,4] [6,4] [2]
-    greedy     sort by length desc, then next-fit               [6] [6,4] [4,2]
-    next_fit   data order, one open pack, flush when full       [4,6] [2,6] [4]
-    random     seeded shuffle, then next-fit                    depends on ``seed``
-    =========  ===============================================  =========================
+    =========  =====================================================  ===================
+    strategy   rule                                                   packs (by length)
+    =========  =====================================================  ===================
+    ffd        first-fit decreasing: longest first, each sample into  [8,1] [6,3] [5]
+               the earliest-opened pack it fits, else a new pack
+    bfd        best-fit decreasing: longest first, each sample into   [8] [6,3,1] [5]
+               the pack it fits with the least room left (ties: the
+               earliest opened), else a new pack
+    greedy     sort by length desc, then next-fit                     [8] [6] [5,3,1]
+    next_fit   data order, one open pack, flush when full             [1,3] [8] [6] [5]
+    random     seeded shuffle, then next-fit                          depends on ``seed``
+    =========  =====================================================  ===================
 
-Why ``"bfd"`` runs first-fit decreasing (FFD). Best-fit decreasing and first-fit
-decreasing have the same asymptotic worst case (11/9 OPT) and on the LVIS-like length set
-both land on or next to the L1 bound ``ceil(sum / max_length)``. Measured by
-``bench/bench_packing.py`` on the 99,388 LVIS-like lengths (docs/benchmarks.md):
+``ffd`` and ``bfd`` part at the 1: the packs then have rooms 2 (the 8's), 1 (the 6's,
+after its 3) and 5 (the 5's); ffd takes the first that fits, the 8's, bfd the fullest, the
+6's. "Longest first" is the order ``(-length, index)``: samples of equal length go by
+index. ``max_samples_per_pack`` closes a pack when it reaches the cap, for every strategy.
 
-    max_length         12,000   20,000   24,000
-    L1 bound           10,326    6,401    5,374
-    FFD (= "bfd")      10,327    6,402    5,374
-    BFD reference      10,327    6,402    5,374
+Why ``"ffd"`` is the default. The two make the same number of packs on the benchmark
+(``bench/bench_packing.py``, 99,388 LVIS-like lengths, docs/benchmarks.md), on or next to
+the L1 bound ``ceil(sum / max_length)``; planned in windows of 256 samples they differ by
+one pack either way:
 
-Same pack counts, and this FFD runs 7-12x faster than the item-by-item BFD reference in
-the same run, so FFD it is. FFD has a property BFD lacks that
-makes it fast in Python: FFD's pack *j* is exactly "scan the still-unplaced samples from
-longest to shortest and take every one that fits", independent of later packs. So packs
-are filled one at a time with a predecessor search (``bisect``) over the *distinct*
-remaining lengths, taking all copies of a length that fit in one step: O(n log n) with a
-Python loop over (pack, distinct length) pairs instead of over samples x packs. By
-construction it produces exactly the packs of textbook FFD (``tests/test_packing.py``
-checks this against a plain reference FFD), so it never uses more packs than FFD.
+    max_length               12,000   20,000   24,000
+    L1 bound                 10,326    6,401    5,374
+    ffd                      10,327    6,402    5,374
+    bfd                      10,327    6,402    5,374
+    ffd, buffer 256          10,526    6,601    5,584
+    bfd, buffer 256          10,526    6,600    5,585
 
-Ties are broken by sample index: samples are ordered by ``(-length, index)``.
+and the same counts again with buffer 256, min_fill_ratio 0.7, drop_last (the LVIS
+configs') and with buffer 1000, min_fill_ratio 0.9. A tie, so the faster one: over three
+benchmark runs bfd took 0.88-1.73x ffd's time on the whole set (longer in 8 of 9) and
+1.29-2.33x in every windowed configuration (bfd's Python work is per run of equal
+lengths, and a window of 256 samples has almost no repeated lengths to share it). At 10M
+samples (``--scale``) it turns: bfd took 0.69-1.39x ffd's time (less in 5 of 6), but this
+project plans about 100k samples. Neither packs better in general: ``[12, 8, 5, 3, 2, 2]``
+at ``max_length=16`` takes ffd 3 packs and bfd 2, ``[11, 6, 6, 3, 2, 2, 2]`` ffd 2 and
+bfd 3 (both worked in ``tests/packing/test_strategies.py``); both have the asymptotic worst case
+11/9 OPT.
+
+How ``ffd`` and ``bfd`` run fast in Python: :mod:`swift_plugins.packing.strategies`.
 
 Controls
 --------
@@ -65,7 +77,7 @@ Controls
   back and ``drop_last`` drops nothing.
 
   Worked example: ``lengths=[9, 8, 3]``, ``max_length=10``, ``min_fill_ratio=0.5``,
-  ``drop_last=True``, no buffer. FFD packs ``[9]`` (0.9), ``[8]`` (0.8), ``[3]`` (0.3).
+  ``drop_last=True``, no buffer. ffd packs ``[9]`` (0.9), ``[8]`` (0.8), ``[3]`` (0.3).
   ``[3]`` is underfilled and no samples are left to fill it, so it is dropped:
   ``packs=[[0], [1]]``, ``dropped=[2]``, ``drop_reasons={2: "drop_last: underfilled pack
   (fill 0.3000 < min_fill_ratio 0.5)"}``. With ``buffer_size=2`` the first window
@@ -81,7 +93,6 @@ Data-parallel balance: see :func:`swift_plugins.packing.deal.deal_packs`.
 """
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import numbers
@@ -92,15 +103,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from swift_plugins.files import atomic_write_text
+from swift_plugins.packing.strategies import plan_window
 
-__all__ = ["OVERLONG_CHOICES", "STRATEGIES", "PackPlan", "is_integer", "plan_packs"]
+__all__ = ["DEFAULT_STRATEGY", "OVERLONG_CHOICES", "STRATEGIES", "PackPlan", "is_integer", "plan_packs"]
 
-STRATEGIES = ("bfd", "greedy", "next_fit", "random")
+STRATEGIES = ("ffd", "bfd", "greedy", "next_fit", "random")
+DEFAULT_STRATEGY = "ffd"  # same packs as bfd on the benchmark, and faster there (module docstring)
 # What happens to a sample longer than max_length: drop (reported), error, split (the data layer
 # cuts a dense record into pieces that fit before planning; plan_packs itself refuses it).
 OVERLONG_CHOICES = ("drop", "error", "split")
 _PLAN_FORMAT = "swiftpack.pack_plan"
-_PLAN_VERSION = 1
+_PLAN_VERSION = 2  # 2: 'bfd' is best-fit (in version 1 it named first-fit, now 'ffd')
 
 # ----------------------------------------------------------------------------- plan
 
@@ -280,110 +293,6 @@ def _validate(lengths, max_length, strategy, seed, buffer_size, min_fill_ratio, 
     return lens
 
 
-# ---- per-window planners. Input: candidate indices (ascending) and their lengths, all in
-# [1, max_length]. Output: pack id per candidate (0..num_packs-1) and num_packs.
-
-
-def _ffd(lens: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:
-    """First-fit decreasing, one pack at a time (see module docstring for why this is FFD).
-
-    Pack j repeatedly takes the longest remaining length ``s <= room``, as many copies as
-    fit (``min(count[s], room // s, cap - taken)``). Each step is one record (pack, s, k);
-    copies of a length are consumed in index order, so the records sorted by ``-s``
-    (stable) line up with the samples sorted by ``(-length, index)``.
-    """
-    n = len(lens)
-    if n == 0:
-        return np.zeros(0, np.int64), 0
-    # Stable sort of the key C - len gives the (-length, index) order; a 16-bit key lets
-    # numpy use its O(n) radix sort.
-    key = (C - lens).astype(np.uint16 if C < 2**16 else np.int64)
-    order = np.argsort(key, kind="stable")
-    sl = lens[order]
-    # distinct lengths (ascending) and their counts, from the sorted array without a 2nd sort
-    bounds = np.flatnonzero(np.diff(sl)) + 1
-    starts = np.concatenate(([0], bounds))
-    vals_desc = sl[starts]
-    counts_desc = np.diff(np.concatenate((starts, [n])))
-    vals = vals_desc[::-1].tolist()
-    cnt = dict(zip(vals, counts_desc[::-1].tolist()))
-    big = n + 1 if cap is None else cap
-    rec_b: list[int] = []
-    rec_s: list[int] = []
-    rec_k: list[int] = []
-    b_app, s_app, k_app = rec_b.append, rec_s.append, rec_k.append
-    find = bisect.bisect_right
-    b = 0
-    while vals:
-        room = C
-        left = big
-        while True:
-            i = find(vals, room) - 1
-            if i < 0:
-                break
-            s = vals[i]
-            c = cnt[s]
-            k = room // s
-            if k > left:
-                k = left
-            if k >= c:
-                k = c
-                del vals[i]
-            else:
-                cnt[s] = c - k
-            b_app(b)
-            s_app(s)
-            k_app(k)
-            room -= k * s
-            left -= k
-            if room == 0 or left == 0:
-                break
-        b += 1
-    rs = np.asarray(rec_s, dtype=np.int64)
-    ro = np.argsort(-rs, kind="stable")
-    pack_sorted = np.repeat(np.asarray(rec_b, dtype=np.int64)[ro], np.asarray(rec_k, dtype=np.int64)[ro])
-    pack_of = np.empty(n, np.int64)
-    pack_of[order] = pack_sorted
-    return pack_of, b
-
-
-def _next_fit_ordered(lens_in_order: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:
-    """Next-fit over the given order: pack ids per position. One bisect per pack."""
-    n = len(lens_in_order)
-    if n == 0:
-        return np.zeros(0, np.int64), 0
-    cs = np.cumsum(lens_in_order).tolist()
-    find = bisect.bisect_right
-    starts = []
-    p = 0
-    prev = 0
-    while p < n:
-        e = find(cs, prev + C, p)  # first position whose cumulative sum exceeds the pack's room
-        if cap is not None and e > p + cap:
-            e = p + cap
-        starts.append(p)
-        prev = cs[e - 1]
-        p = e
-    sizes = np.diff(np.asarray(starts + [n], dtype=np.int64))
-    return np.repeat(np.arange(len(starts), dtype=np.int64), sizes), len(starts)
-
-
-def _plan_window(lens: np.ndarray, strategy: str, cap: int | None, C: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    if strategy == "bfd":
-        return _ffd(lens, cap, C)
-    if strategy == "next_fit":
-        return _next_fit_ordered(lens, cap, C)
-    if strategy == "greedy":
-        order = np.argsort(-lens, kind="stable")
-    else:  # random
-        order = rng.permutation(len(lens))
-    pid_ordered, npk = _next_fit_ordered(lens[order], cap, C)
-    pack_of = np.empty(len(lens), np.int64)
-    pack_of[order] = pid_ordered
-    return pack_of, npk
-
-
 def _group(cand: np.ndarray, pack_of: np.ndarray, npk: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat candidate indices grouped by pack (ascending inside; cand is ascending) + pack offsets."""
     order = np.argsort(pack_of, kind="stable")
@@ -397,7 +306,7 @@ def _underfill_reason(tokens: int, C: int, ratio: float) -> str:
     return f"drop_last: underfilled pack (fill {fill:.4f} < min_fill_ratio {ratio:g})"
 
 
-def plan_packs(lengths: Sequence[int] | np.ndarray, max_length: int, *, strategy: str = "bfd", seed: int = 0,
+def plan_packs(lengths: Sequence[int] | np.ndarray, max_length: int, *, strategy: str = DEFAULT_STRATEGY, seed: int = 0,
                buffer_size: int | None = None, min_fill_ratio: float = 0.0, drop_last: bool = False,
                overlong: str = "drop", max_samples_per_pack: int | None = None) -> PackPlan:
     """Plan packs of sample indices whose lengths sum to at most ``max_length``.
@@ -441,7 +350,7 @@ def plan_packs(lengths: Sequence[int] | np.ndarray, max_length: int, *, strategy
         cand = np.concatenate((carry, new)) if len(carry) else new
         if len(cand) == 0:
             continue
-        pack_of, npk = _plan_window(lens[cand], strategy, cap, C, plan_rng)
+        pack_of, npk = plan_window(lens[cand], strategy, cap, C, plan_rng)
         flat, offsets = _group(cand, pack_of, npk)
         sizes = np.diff(offsets)
         if ratio > 0.0:

@@ -34,7 +34,7 @@ from swift_plugins.files import line_offsets, read_line
 from swift_plugins.lengths.counter import DetectionAnswerCounter, LengthCounter
 from swift_plugins.lengths.dataset import count_dataset, record_length
 from swift_plugins.packing.deal import deal_packs
-from swift_plugins.packing.planner import OVERLONG_CHOICES, PackPlan, plan_packs
+from swift_plugins.packing.planner import DEFAULT_STRATEGY, OVERLONG_CHOICES, PackPlan, plan_packs
 
 __all__ = ["SamplePlan", "build_sample_plan", "epoch_order", "pack_count_multiple_of", "split_pieces", "step_stats"]
 
@@ -71,7 +71,7 @@ class SamplePlan:
 
 
 def build_sample_plan(path, counter: LengthCounter, conversation: ConversationOptions, *, global_max_length: int,
-                      strategy: str = "bfd", seed: int = 0, buffer_size: Optional[int] = None,
+                      strategy: str = DEFAULT_STRATEGY, seed: int = 0, buffer_size: Optional[int] = None,
                       min_fill_ratio: float = 0.0, drop_last: bool = False, overlong: str = "drop",
                       on_error: str = "raise", check_images: bool = True, cache_dir=None) -> SamplePlan:
     """Exact lengths of every record, dense records split if asked, and the packing plan."""

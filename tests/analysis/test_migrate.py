@@ -10,6 +10,8 @@ from fractions import Fraction
 
 import pytest
 
+from swift_plugins.packing import DEFAULT_STRATEGY
+
 from conftest import ANALYSIS_EFF as EFF, ANALYSIS_LENGTHS as LENGTHS, ANALYSIS_WORLD as WORLD
 from swift_plugins.analysis import migrate
 from swift_plugins.config import ConfigError, resolve_config
@@ -70,12 +72,12 @@ def test_dlora_padding_config_migrates_with_exact_rescaled_steps(analysis, tmp_p
     padding = resolve_config("configs/dlora/sft_text_only_padding.yaml", world_size=4)
     pt = padding.config.training
     variant = (pt.packing_buffer, pt.packing_min_fill_ratio, pt.packing_drop_last)  # the padding config's
-    e, exact = expected_entry(analysis["sims"], L, "bfd", *variant)
+    e, exact = expected_entry(analysis["sims"], L, DEFAULT_STRATEGY, *variant)
     eff = pt.effective_batch_size
     old, new = math.ceil(n / eff), math.ceil(e["num_packs"] / eff)
     packed = resolve_config(str(out), world_size=4)
     t = packed.config.training
-    assert (t.packing, t.global_max_length, t.packing_strategy, t.per_device_train_batch_size) == (True, L, "bfd", 1)
+    assert (t.packing, t.global_max_length, t.packing_strategy, t.per_device_train_batch_size) == (True, L, DEFAULT_STRATEGY, 1)
     assert (t.packing_buffer, t.packing_min_fill_ratio, t.packing_drop_last) == variant
     assert t.effective_batch_size == eff and packed.gradient_accumulation_steps == eff // 4
     for key in STEP_KEYS:
@@ -123,7 +125,7 @@ def test_tiny_padding_config_migrates_on_the_recommended_plan(analysis, tmp_path
     padding = resolve_config("configs/tiny/sft_padding.yaml", world_size=WORLD).config.training
     # schema defaults (one window, min fill 0, no drop_last): the plan recommendations.json is built on
     assert (padding.packing_buffer, padding.packing_min_fill_ratio, padding.packing_drop_last) == (None, 0.0, False)
-    e = entry_for(analysis["sims"], L, "bfd", None)
+    e = entry_for(analysis["sims"], L, DEFAULT_STRATEGY, None)
     assert res.exact_variant and res.entry == e and e["num_packs"] == rec["why"]["num_packs"]
     assert res.world_size == rec["recommended"]["world_size"] == WORLD
     old, new = math.ceil(n / padding.effective_batch_size), math.ceil(e["num_packs"] / padding.effective_batch_size)
@@ -141,7 +143,7 @@ def test_unsimulated_variant_uses_the_one_window_plan_and_says_so(analysis, tmp_
     res = migrate.migrate("configs/tiny/sft_padding.yaml", str(analysis["dir"]), str(out), packing_buffer=64,
                           log=lambda *_: None)
     L = analysis["rec"]["recommended"]["global_max_length"]
-    assert not res.exact_variant and res.entry == entry_for(analysis["sims"], L, "bfd", None)
+    assert not res.exact_variant and res.entry == entry_for(analysis["sims"], L, DEFAULT_STRATEGY, None)
     assert resolve_config(str(out), world_size=WORLD).config.training.packing_buffer == 64
     assert "buffer 64, min fill 0.0, drop_last false was not simulated" in out.read_text()
 

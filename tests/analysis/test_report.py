@@ -10,6 +10,8 @@ import struct
 import numpy as np
 import pytest
 
+from swift_plugins.packing import DEFAULT_STRATEGY
+
 from swift_plugins.analysis import memory as memory_module
 from swift_plugins.analysis import report
 from swift_plugins.analysis.outputs import zero_stage_of
@@ -68,7 +70,7 @@ def table(path, first):
     return {r[first]: r for r in rows} if first == "parameter" else rows
 
 
-def entry_for(sims, L, strategy="bfd", buffer=None):
+def entry_for(sims, L, strategy=DEFAULT_STRATEGY, buffer=None):
     return next(e for e in sims if (e["global_max_length"], e["strategy"], e["buffer_size"]) == (L, strategy, buffer))
 
 
@@ -112,7 +114,7 @@ def test_comparison_table_numbers_are_the_analysis_numbers(default_report, data)
 
     assert both("samples analysed") == (n, n)
     assert num(t["max sequence length (tokens)"]["packing"]) == L
-    assert t["packing plan"]["packing"] == "bfd, one window"
+    assert t["packing plan"]["packing"] == f"{DEFAULT_STRATEGY}, one window"
     assert both("samples dropped") == (0, e["samples_dropped"])
     assert both("samples trained per epoch") == (n, e["samples_packed"]) and e["samples_packed"] + e[
         "samples_dropped"] == n
@@ -181,7 +183,7 @@ def test_config_supplies_the_training_setup(dlora_report, data, tiny_model_dir, 
     L = rec["recommended"]["global_max_length"]
     cfg = resolve_config(str(repo_root / "configs/dlora/sft_text_only_padding.yaml"), world_size=4).config
     pt = cfg.training
-    variant = (L, "bfd", pt.packing_buffer, pt.packing_min_fill_ratio, pt.packing_drop_last)
+    variant = (L, DEFAULT_STRATEGY, pt.packing_buffer, pt.packing_min_fill_ratio, pt.packing_drop_last)
     exact = [e for e in sims if (e["global_max_length"], e["strategy"], e["buffer_size"], e["min_fill_ratio"],
                                  e["drop_last"]) == variant]
     e = exact[0] if exact else entry_for(sims, L)

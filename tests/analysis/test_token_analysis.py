@@ -9,6 +9,7 @@ import pytest
 
 from swift_plugins.analysis import token_analysis
 from swift_plugins.data import RecordError
+from swift_plugins.packing import DEFAULT_STRATEGY, STRATEGIES
 
 
 def _run(model, jsonl, out, cache, *extra):
@@ -50,8 +51,8 @@ def test_simulations_cover_every_length_and_strategy_and_account_for_every_sampl
     out, _ = analysed
     sims = json.loads((out / "packing_simulations.json").read_text())
     keys = {(e["global_max_length"], e["strategy"], e["buffer_size"]) for e in sims}
-    assert keys == {(L, s, None) for L in (4000, 8000) for s in ("bfd", "greedy", "next_fit", "random")} | {
-        (4000, "bfd", 256), (8000, "bfd", 256)}
+    assert keys == {(L, s, None) for L in (4000, 8000) for s in STRATEGIES} | {
+        (4000, DEFAULT_STRATEGY, 256), (8000, DEFAULT_STRATEGY, 256)}
     n = json.loads((out / "dataset_stats.json").read_text())["num_samples"]
     for e in sims:
         assert e["samples_packed"] + e["samples_dropped"] == n
@@ -60,7 +61,7 @@ def test_simulations_cover_every_length_and_strategy_and_account_for_every_sampl
         assert e["total_optimizer_steps"] == 2 * e["optimizer_steps_per_epoch"]
         assert 0 < e["efficiency"] <= 1
     by = {(e["global_max_length"], e["strategy"], e["buffer_size"]): e for e in sims}
-    assert by[(8000, "bfd", None)]["num_packs"] <= by[(8000, "next_fit", None)]["num_packs"]
+    assert by[(8000, DEFAULT_STRATEGY, None)]["num_packs"] <= by[(8000, "next_fit", None)]["num_packs"]
 
 
 def test_recommendation_is_backed_by_its_simulation(analysed):
@@ -68,7 +69,7 @@ def test_recommendation_is_backed_by_its_simulation(analysed):
     rec = json.loads((out / "recommendations.json").read_text())
     sims = json.loads((out / "packing_simulations.json").read_text())
     r = rec["recommended"]
-    chosen = next(e for e in sims if e["global_max_length"] == r["global_max_length"] and e["strategy"] == "bfd"
+    chosen = next(e for e in sims if e["global_max_length"] == r["global_max_length"] and e["strategy"] == DEFAULT_STRATEGY
                   and e["buffer_size"] is None)
     assert rec["why"]["efficiency"] == chosen["efficiency"]
     assert rec["why"]["samples_dropped"] == chosen["samples_dropped"]
