@@ -40,14 +40,27 @@ def swift_cli() -> str:
     return str(VENV_BIN / "swift")
 
 
-@pytest.fixture()
-def subprocess_env() -> dict:
-    """Environment for child training processes: offline, single-threaded BLAS, no GPU lookups."""
+def child_environment() -> dict:
+    """Environment for child training processes: offline, no GPU lookups, nothing ms-swift set in-process."""
     env = dict(PRISTINE_ENV)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MODELSCOPE_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"})
     env.pop("NPROC_PER_NODE", None)
     return env
+
+
+@pytest.fixture()
+def subprocess_env() -> dict:
+    return child_environment()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:

@@ -120,14 +120,18 @@ def plot_token_distribution(analysis: Analysis, path: str, *, recommended: Optio
 
 
 def plot_packing_efficiency(analysis: Analysis, path: str, *, recommended: Optional[int] = None) -> None:
-    """2x2 over max_length, one line per strategy (+ each buffered variant): efficiency, samples per
-    pack, dropped samples, fill ratio (min / mean / max over packs)."""
+    """2x2 over max_length, one line per strategy (+ each buffered variant, + the default strategy with
+    overlong split, dashed black): efficiency, samples per pack, records lost, fill ratio (min /
+    mean / max over packs)."""
     plt = _plt()
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     variants: dict[tuple, list] = {}
     for e in analysis.simulations:
-        key = (e["strategy"], e["buffer_size"], e["min_fill_ratio"], e["drop_last"])
+        split = e.get("overlong", "drop") == "split"
+        if split and (e["strategy"] != DEFAULT_STRATEGY or e["buffer_size"] is not None):
+            continue  # the split line of every strategy would hide the others; the tables have them all
+        key = (e["strategy"], e["buffer_size"], e["min_fill_ratio"], e["drop_last"], split)
         variants.setdefault(key, []).append(e)
     lengths = analysis.max_lengths
     n = max(1, analysis.num_samples)
@@ -137,24 +141,25 @@ def plot_packing_efficiency(analysis: Analysis, path: str, *, recommended: Optio
     width = float(np.diff(lengths).min()) if len(lengths) > 1 else lengths[0] * 0.2  # closest pair: no overlap
     offsets = np.linspace(-0.2, 0.2, len(variants)) * width
     for k, (key, entries) in enumerate(variants.items()):
-        strategy, buf, fill, drop = key
+        strategy, buf, fill, drop, split = key
         entries = sorted(entries, key=lambda e: e["global_max_length"])
         color, marker = STRATEGY_STYLE.get(strategy, ("gray", "x"))
         buffered = buf is not None
         label = variant_text(entries[0])
-        style = {"color": "tab:purple" if buffered else color, "marker": "D" if buffered else marker,
-                 "linestyle": "--" if buffered else "-", "linewidth": 1.8, "markersize": 6, "label": label}
+        style = {"color": "tab:purple" if buffered else "black" if split else color,
+                 "marker": "D" if buffered else "*" if split else marker,
+                 "linestyle": "--" if buffered or split else "-", "linewidth": 1.8, "markersize": 6, "label": label}
         x = np.array([e["global_max_length"] for e in entries], dtype=float)
         axes[0, 0].plot(x, [100 * e["efficiency"] for e in entries], **style)
         axes[0, 1].plot(x, [e["avg_samples_per_pack"] for e in entries], **style)
-        axes[1, 0].plot(x, [e["samples_dropped"] for e in entries], **style)
+        axes[1, 0].plot(x, [e.get("records_lost", e["samples_dropped"]) for e in entries], **style)
         mean = np.array([e["efficiency"] for e in entries])
         lo = np.array([e["min_fill"] for e in entries])
         hi = np.array([e["max_fill"] for e in entries])
         axes[1, 1].errorbar(x + offsets[k], 100 * mean, yerr=[100 * (mean - lo), 100 * (hi - mean)], capsize=4,
                             color=style["color"], marker=style["marker"], linestyle="none")
-    l1 = sorted((e for e in analysis.simulations if e["strategy"] == DEFAULT_STRATEGY and e["buffer_size"] is None),
-                key=lambda e: e["global_max_length"])
+    l1 = sorted((e for e in analysis.simulations if e["strategy"] == DEFAULT_STRATEGY and e["buffer_size"] is None
+                 and e.get("overlong", "drop") == "drop"), key=lambda e: e["global_max_length"])
     if l1:
         axes[0, 0].plot([e["global_max_length"] for e in l1],
                         [100 * e["efficiency"] * e["num_packs"] / e["l1_bound"] for e in l1],
@@ -162,7 +167,7 @@ def plot_packing_efficiency(analysis: Analysis, path: str, *, recommended: Optio
     thousands = FuncFormatter(lambda v, _: f"{v:,.0f}")
     titles = (("Packing efficiency", "efficiency (% of pack capacity used)"),
               ("Samples per pack", "mean samples per pack"),
-              ("Samples dropped", "samples dropped (overlong + drop_last)"),
+              ("Records lost", "records not trained (overlong + drop_last; split: unsplittable)"),
               ("Fill ratio per pack (marker: mean, bar: min to max)", "pack fill (% of max_length)"))
     for ax, (title, ylabel) in zip(axes.flat, titles):
         ax.set_title(title)
@@ -174,10 +179,10 @@ def plot_packing_efficiency(analysis: Analysis, path: str, *, recommended: Optio
         if recommended:
             ax.axvline(recommended, color="gray", linestyle="-.", linewidth=1, label=f"recommended {recommended:,}")
     sec = axes[1, 0].secondary_yaxis("right", functions=(lambda v: 100 * v / n, lambda p: p * n / 100))
-    sec.set_ylabel("% of samples")
+    sec.set_ylabel("% of records")
     axes[1, 0].yaxis.set_major_locator(MaxNLocator(integer=True))
     if len({tuple(e["samples_dropped"] for e in sorted(v, key=lambda e: e["global_max_length"]))
-            for k, v in variants.items() if k[1] is None}) == 1:
+            for k, v in variants.items() if k[1] is None and not k[4]}) == 1:
         axes[1, 0].text(0.98, 0.97, "one-window strategies drop the same\noverlong samples: their lines coincide",
                         transform=axes[1, 0].transAxes, ha="right", va="top", fontsize=9,
                         bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})

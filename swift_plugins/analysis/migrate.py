@@ -11,7 +11,10 @@ what packing changes::
     training.packing_strategy            recommendations.json (--packing_strategy overrides)
     training.packing_buffer / packing_min_fill_ratio / packing_drop_last
                                          the padding config's (resolved, inherited) values, or the flags
+    training.packing_overlong            recommendations.json (split for detection data: dense scenes
+                                         become pieces, no object is dropped); --packing_overlong overrides
     training.per_device_train_batch_size 1 (a device batch is one pack)
+    training.per_device_eval_batch_size  1 (an eval batch is one pack)
     training.effective_batch_size        the padding config's (packs per optimizer step), or with
                                          --match_samples_per_step recommendations.json's
                                          match_padding_samples_per_step.effective_batch_size
@@ -51,7 +54,7 @@ from swift_plugins.analysis.outputs import (ceil_steps, find_simulation, fmt_int
 from swift_plugins.analysis.token_analysis import parse_bool
 from swift_plugins.errors import UserError, run_main
 from swift_plugins.files import atomic_open
-from swift_plugins.packing.planner import STRATEGIES
+from swift_plugins.packing.planner import OVERLONG_CHOICES, STRATEGIES
 
 __all__ = ["MigrationResult", "STEP_KEYS", "build_parser", "default_output", "main", "migrate", "rename_run",
            "rescale_steps"]
@@ -127,7 +130,8 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
             world_size: Optional[int] = None, global_max_length: Optional[int] = None,
             packing_strategy: Optional[str] = None, packing_buffer: Optional[int] = None,
             packing_min_fill_ratio: Optional[float] = None, packing_drop_last: Optional[bool] = None,
-            match_samples_per_step: bool = False, command: str = "", log=print) -> MigrationResult:
+            packing_overlong: Optional[str] = None, match_samples_per_step: bool = False, command: str = "",
+            log=print) -> MigrationResult:
     """Write the packing config (see the module docstring); raises ValueError / ConfigError with the fix."""
     from swift_plugins.config.resolve import resolve_config
 
@@ -150,7 +154,8 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
     buffer = t.packing_buffer if packing_buffer is None else int(packing_buffer)
     min_fill = t.packing_min_fill_ratio if packing_min_fill_ratio is None else float(packing_min_fill_ratio)
     drop_last = t.packing_drop_last if packing_drop_last is None else bool(packing_drop_last)
-    entry, exact = find_simulation(analysis.simulations, L, strategy, buffer, min_fill, drop_last)
+    overlong = packing_overlong or (r or {}).get("packing_overlong") or t.packing_overlong
+    entry, exact = find_simulation(analysis.simulations, L, strategy, buffer, min_fill, drop_last, overlong)
 
     old_eff = t.effective_batch_size or resolved.gradient_accumulation_steps * t.per_device_train_batch_size * W
     pad = padding_rows(analysis.total_tokens, resolved.config.template.max_length,
@@ -177,8 +182,9 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
         raise UserError(f"no optimizer steps (padding {old_steps}, packing {new_steps}): empty analysis?")
 
     values: dict = {"packing": True, "global_max_length": L, "packing_strategy": strategy, "packing_buffer": buffer,
-                    "packing_min_fill_ratio": min_fill, "packing_drop_last": drop_last,
-                    "per_device_train_batch_size": 1, "effective_batch_size": new_eff}
+                    "packing_min_fill_ratio": min_fill, "packing_drop_last": drop_last, "packing_overlong": overlong,
+                    "per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
+                    "effective_batch_size": new_eff}
     rec_src = "recommendations.json" if r and L == r["global_max_length"] else "--global_max_length"
     notes = {"packing": "swift_plugins planned packing (samples isolated)",
              "global_max_length": f"{rec_src}" + (f": {rec['reason']}" if rec_src == "recommendations.json" else ""),
@@ -189,7 +195,11 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
              f"as the padding config ({resolved.sources['training.packing_min_fill_ratio']})",
              "packing_drop_last": "--packing_drop_last" if packing_drop_last is not None else
              f"as the padding config ({resolved.sources['training.packing_drop_last']})",
+             "packing_overlong": "--packing_overlong" if packing_overlong else
+             ("recommendations.json" + (": dense detection records become pieces, every object trained"
+                                        if overlong == "split" else "")),
              "per_device_train_batch_size": "one pack per device batch",
+             "per_device_eval_batch_size": "one pack per eval batch",
              "effective_batch_size": f"packs per optimizer step, {eff_source}; gradient_accumulation_steps "
                                      f"{new_eff} / (1 x {W}) = {new_eff // W if new_eff % W == 0 else 'n/a'}"}
     if t.gradient_accumulation_steps is not None:
@@ -230,9 +240,10 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
         "epoch" + (f" ({pad['dropped']} samples over template.max_length deleted)" if pad["dropped"] else ""),
         f"#   packing: ceil({entry['num_packs']} packs / effective_batch_size {new_eff}) = {new_steps} optimizer steps "
         f"per epoch; packs from packing_simulations.json ({variant_text(entry)}, global_max_length {L}){variant_note}",
-        f"#   {entry['samples_dropped']} of {analysis.num_samples} samples dropped by this plan "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(entry['dropped_by_reason'].items())) or 'none'}), reported at "
-        "training time",
+        f"#   {entry.get('records_lost', entry['samples_dropped'])} of {analysis.num_samples} records lost by this plan "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(entry['dropped_by_reason'].items())) or 'none'}"
+        + (f", {entry['records_unsplittable']} unsplittable" if entry.get("records_unsplittable") else "")
+        + f"), {entry.get('records_split', 0)} split into pieces; reported at training time",
         f"#   step keys x {new_steps}/{old_steps}: nearest integer (halves up), at least 1; 0 stays 0",
     ]
     body = [f"extends: {extends}", "", "training:"]
@@ -300,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--packing_buffer", type=int, default=None, help="default: the padding config's value")
     p.add_argument("--packing_min_fill_ratio", type=float, default=None, help="default: the padding config's value")
     p.add_argument("--packing_drop_last", type=parse_bool, default=None, help="default: the padding config's value")
+    p.add_argument("--packing_overlong", choices=OVERLONG_CHOICES, default=None,
+                   help="default: recommendations.json's (split for detection data)")
     p.add_argument("--match_samples_per_step", action="store_true",
                    help="use recommendations.json's match_padding_samples_per_step effective_batch_size (about as "
                         "many samples per optimizer step as the padding run) instead of keeping effective_batch_size")
@@ -313,7 +326,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     migrate(args.padding_config, args.analysis_dir, args.output, world_size=args.world_size,
             global_max_length=args.global_max_length, packing_strategy=args.packing_strategy,
             packing_buffer=args.packing_buffer, packing_min_fill_ratio=args.packing_min_fill_ratio,
-            packing_drop_last=args.packing_drop_last, match_samples_per_step=args.match_samples_per_step,
+            packing_drop_last=args.packing_drop_last, packing_overlong=args.packing_overlong,
+            match_samples_per_step=args.match_samples_per_step,
             command=command.strip())
     return 0
 

@@ -133,6 +133,7 @@ class TrainingSetup:
     packing_buffer: Optional[int]
     min_fill_ratio: float
     drop_last: bool
+    packing_overlong: str
     memory: MemorySetup
     model_path: Optional[str]
     shuffle_seed: int
@@ -158,6 +159,7 @@ def setup_from_analysis(analysis: Analysis, *, world_size: Optional[int] = None,
         num_train_epochs=float(r["num_train_epochs"]), max_steps=None, padding_max_length=None,
         truncation_strategy="delete", global_max_length=int(global_max_length or r["global_max_length"]),
         packing_strategy=r["packing_strategy"], packing_buffer=None, min_fill_ratio=0.0, drop_last=False,
+        packing_overlong=r.get("packing_overlong", "drop"),
         memory=MemorySetup(**mem), model_path=analysis.stats.get("inputs", {}).get("model_path"),
         shuffle_seed=int(analysis.stats.get("inputs", {}).get("conversation", {}).get("seed", 0)),
         source=f"`{os.path.join(analysis.input_dir, 'recommendations.json')}` (the analysis' CLI setup)")
@@ -183,8 +185,8 @@ def setup_from_config(analysis: Analysis, config_path: str, *, world_size: Optio
     """The setup of a training YAML (padding or packing), resolved with ``swift_plugins.config``.
 
     Padding config: its per-device batch is the padding batch; the packing side is what
-    ``scripts/migrate_to_packing.py`` writes by default: the recommended length and strategy with the
-    config's (resolved) packing_buffer / min_fill_ratio / drop_last. Packing config: its own
+    ``scripts/migrate_to_packing.py`` writes by default: the recommended length, strategy and overlong policy
+    with the config's (resolved) packing_buffer / min_fill_ratio / drop_last. Packing config: its own
     packing keys; the padding batch is the analysis' padding baseline. World size: ``world_size``
     or the analysis'.
     """
@@ -199,10 +201,12 @@ def setup_from_config(analysis: Analysis, config_path: str, *, world_size: Optio
         padding_batch = int(analysis.recommendations["padding_baseline"]["per_device_train_batch_size"])
         length = global_max_length or t.global_max_length
         strategy = t.packing_strategy
+        overlong = t.packing_overlong
     else:  # as scripts/migrate_to_packing.py would switch it: the recommended length and strategy
         padding_batch = per_device
         length = global_max_length or (analysis.recommended or {}).get("global_max_length")
         strategy = (analysis.recommended or {}).get("packing_strategy") or t.packing_strategy
+        overlong = (analysis.recommended or {}).get("packing_overlong") or t.packing_overlong
         if length is None:
             raise UserError(f"{config_path}: padding config and no recommended length in the analysis; "
                              f"pass --global_max_length")
@@ -216,7 +220,7 @@ def setup_from_config(analysis: Analysis, config_path: str, *, world_size: Optio
         padding_max_length=resolved.config.template.max_length,
         truncation_strategy=resolved.config.template.truncation_strategy, global_max_length=int(length),
         packing_strategy=strategy, packing_buffer=t.packing_buffer, min_fill_ratio=t.packing_min_fill_ratio,
-        drop_last=t.packing_drop_last, memory=mem, model_path=resolved.config.model.model,
+        drop_last=t.packing_drop_last, packing_overlong=overlong, memory=mem, model_path=resolved.config.model.model,
         shuffle_seed=t.data_seed, source=" <- ".join(f"`{f}`" for f in reversed(resolved.files)),
         padding_config=None if t.packing else config_path,
         padding_batch_source=("recommendations.json padding_baseline: the config packs" if t.packing
@@ -235,16 +239,17 @@ def total_steps(per_epoch: int, num_train_epochs: float, max_steps: Optional[int
 
 def find_simulation(simulations: Sequence[dict], global_max_length: int, strategy: str,
                     buffer_size: Optional[int] = None, min_fill_ratio: float = 0.0,
-                    drop_last: bool = False) -> tuple[dict, bool]:
-    """The entry for exactly this plan variant, else the unbuffered entry of (length, strategy).
+                    drop_last: bool = False, overlong: str = "drop") -> tuple[dict, bool]:
+    """The entry for exactly this plan variant, else the unbuffered entry of (length, strategy, overlong).
 
-    Returns ``(entry, exact)``. Raises ValueError naming the simulated lengths when the length /
-    strategy was not simulated at all.
+    Returns ``(entry, exact)``. Raises UserError naming the simulated lengths when the length /
+    strategy / overlong policy was not simulated at all. Entries of analyses from before the split
+    simulation have no ``overlong`` key: they are ``drop``.
     """
     def same(e, buf, fill, drop):
         return (e["global_max_length"] == global_max_length and e["strategy"] == strategy
-                and e["buffer_size"] == buf and float(e["min_fill_ratio"]) == float(fill)
-                and bool(e["drop_last"]) == bool(drop))
+                and e.get("overlong", "drop") == overlong and e["buffer_size"] == buf
+                and float(e["min_fill_ratio"]) == float(fill) and bool(e["drop_last"]) == bool(drop))
 
     for e in simulations:
         if same(e, buffer_size, min_fill_ratio, drop_last):
@@ -254,12 +259,20 @@ def find_simulation(simulations: Sequence[dict], global_max_length: int, strateg
             return e, False
     lengths = sorted({e["global_max_length"] for e in simulations})
     strategies = sorted({e["strategy"] for e in simulations})
-    raise UserError(f"global_max_length {global_max_length} with strategy {strategy!r} was not simulated "
-                     f"(lengths {lengths}, strategies {strategies}); re-run scripts/analyze_token_lengths.py with "
-                     f"--max_lengths {','.join(map(str, sorted(set(lengths) | {global_max_length})))}")
+    policies = sorted({e.get("overlong", "drop") for e in simulations})
+    raise UserError(f"global_max_length {global_max_length} with strategy {strategy!r} and overlong {overlong!r} was "
+                    f"not simulated (lengths {lengths}, strategies {strategies}, overlong {policies}); re-run "
+                    f"scripts/analyze_token_lengths.py with "
+                    f"--max_lengths {','.join(map(str, sorted(set(lengths) | {global_max_length})))}")
 
 
 def variant_text(entry: dict) -> str:
+    """``ffd, one window`` / ``ffd, buffer 256, min fill 0.7, drop_last true`` / ``..., overlong split``."""
+    text = _variant_core(entry)
+    return text + ", overlong split" if entry.get("overlong", "drop") == "split" else text
+
+
+def _variant_core(entry: dict) -> str:
     window = "one window" if entry["buffer_size"] is None else f"buffer {entry['buffer_size']}"
     if not entry["min_fill_ratio"] and not entry["drop_last"]:
         return f"{entry['strategy']}, {window}"

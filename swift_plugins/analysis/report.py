@@ -57,7 +57,7 @@ def _ga(effective: int, per_device: int, world: int) -> str:
 def comparison_rows(analysis: Analysis, setup: TrainingSetup) -> tuple[list[tuple[str, str, str, str]], dict]:
     """Rows ``(parameter, padding, packing, note)`` of the padding vs packing table, and the raw numbers."""
     entry, exact = find_simulation(analysis.simulations, setup.global_max_length, setup.packing_strategy,
-                                   setup.packing_buffer, setup.min_fill_ratio, setup.drop_last)
+                                   setup.packing_buffer, setup.min_fill_ratio, setup.drop_last, setup.packing_overlong)
     pad = _padding_side(analysis, setup)
     ov = padding_overhead(pad["lengths"], setup.padding_batch_size)
     ov_shuffled = padding_overhead(pad["lengths"], setup.padding_batch_size, seed=setup.shuffle_seed)
@@ -65,7 +65,8 @@ def comparison_rows(analysis: Analysis, setup: TrainingSetup) -> tuple[list[tupl
     n = analysis.num_samples
     packs = int(entry["num_packs"])
     packed = int(entry["samples_packed"])
-    packed_tokens = int(analysis.stats["sum_total_tokens"]) - int(entry["tokens_dropped"])
+    # split pieces each repeat the prompt and the image: count the packed tokens the plan holds
+    packed_tokens = int(entry.get("packed_tokens", int(analysis.stats["sum_total_tokens"]) - int(entry["tokens_dropped"])))
     capacity = packs * setup.global_max_length
     pad_steps, pack_steps = ceil_steps(pad["rows"], eff), ceil_steps(packs, eff)
     pad_total, pack_total = total_steps(pad_steps, E, setup.max_steps), total_steps(pack_steps, E, setup.max_steps)
@@ -93,9 +94,15 @@ def comparison_rows(analysis: Analysis, setup: TrainingSetup) -> tuple[list[tupl
         ("packing plan", "-", variant_text(entry),
          "packing_simulations.json entry" + ("" if exact else " (this exact buffer / min-fill / drop-last variant "
                                                                "was not simulated: the one-window plan is shown)")),
-        ("samples dropped", fmt_int(pad["dropped"]), fmt_int(entry["samples_dropped"]),
-         f"packing: {reasons}" + (f"; padding truncates {pad['truncated']}" if pad["truncated"] else "")),
-        ("samples trained per epoch", fmt_int(pad["rows"]), fmt_int(packed), "samples in = trained + dropped"),
+        ("records lost (not trained)", fmt_int(pad["dropped"]), fmt_int(entry.get("records_lost",
+                                                                                  entry["samples_dropped"])),
+         f"packing: {reasons}" + (f", {entry['records_unsplittable']} unsplittable" if entry.get("records_unsplittable")
+                                  else "") + (f"; padding truncates {pad['truncated']}" if pad["truncated"] else "")),
+    ] + ([("records split into pieces", "-", fmt_int(entry["records_split"]),
+           f"overlong split: a dense record becomes pieces of the same image ({fmt_int(entry['samples'])} samples "
+           "in all)")] if entry.get("records_split") else []) + [
+        ("samples trained per epoch", fmt_int(pad["rows"]), fmt_int(packed),
+         "records in = trained + lost (a split record trains as its pieces)"),
         ("rows per epoch (samples or packs)", fmt_int(pad["rows"]), fmt_int(packs), "a packing row is one pack"),
         ("per_device_train_batch_size", fmt_int(setup.padding_batch_size), "1", "rows per device per micro-batch"),
         ("world_size", fmt_int(W), fmt_int(W), "GPUs"),
@@ -239,15 +246,16 @@ def _stats_rows(stats: dict) -> list[list[str]]:
 def _simulation_rows(sims: Sequence[dict]) -> list[list[str]]:
     return [[fmt_int(e["global_max_length"]), e["strategy"],
              "-" if e["buffer_size"] is None else fmt_int(e["buffer_size"]),
-             f"{e['min_fill_ratio']:g}", str(e["drop_last"]).lower(), fmt_int(e["num_packs"]), fmt_int(e["l1_bound"]),
+             f"{e['min_fill_ratio']:g}", str(e["drop_last"]).lower(), e.get("overlong", "drop"),
+             fmt_int(e.get("records_split", 0)), fmt_int(e["num_packs"]), fmt_int(e["l1_bound"]),
              f"{e['avg_samples_per_pack']:.2f}", fmt_pct(e["efficiency"]), f"{e['min_fill']:.4f}",
-             f"{e['max_fill']:.4f}", fmt_int(e["samples_dropped"]), f"{e['steps_per_epoch']:.2f}",
-             fmt_int(e["optimizer_steps_per_epoch"])] for e in sims]
+             f"{e['max_fill']:.4f}", fmt_int(e.get("records_lost", e["samples_dropped"])),
+             f"{e['steps_per_epoch']:.2f}", fmt_int(e["optimizer_steps_per_epoch"])] for e in sims]
 
 
-SIMULATION_HEADER = ("max_length", "strategy", "buffer", "min fill ratio", "drop_last", "packs", "L1 bound",
-                     "samples/pack", "efficiency", "min fill", "max fill", "dropped", "steps/epoch",
-                     "optimizer steps/epoch")
+SIMULATION_HEADER = ("max_length", "strategy", "buffer", "min fill ratio", "drop_last", "overlong", "records split",
+                     "packs", "L1 bound", "samples/pack", "efficiency", "min fill", "max fill", "records lost",
+                     "steps/epoch", "optimizer steps/epoch")
 
 
 def _max_pixels_text(inputs: dict) -> str:
@@ -288,8 +296,9 @@ def summary_md(analysis: Analysis, setup: TrainingSetup, *, figures_rel: str, es
                    f"(strategy {r['packing_strategy']}): {rec['reason']}.")
     out += [f"- At {fmt_int(L)} tokens ({variant_text(entry)}): efficiency {fmt_pct(entry['efficiency'])}, "
             f"{entry['avg_samples_per_pack']:.2f} samples per pack, {fmt_int(entry['num_packs'])} packs "
-            f"(L1 bound {fmt_int(entry['l1_bound'])}), {fmt_int(entry['samples_dropped'])} samples dropped "
-            f"({fmt_pct(entry['samples_dropped'] / max(1, st['num_samples']))})."
+            f"(L1 bound {fmt_int(entry['l1_bound'])}), {fmt_int(entry.get('records_lost', entry['samples_dropped']))} "
+            f"records lost ({fmt_pct(entry.get('records_lost', entry['samples_dropped']) / max(1, st['num_samples']))})"
+            + (f", {fmt_int(entry['records_split'])} records split" if entry.get("records_split") else "") + "."
             + (f" Best other strategy at this length: {best_other['strategy']} {fmt_pct(best_other['efficiency'])}."
                if best_other else ""),
             f"- Optimizer steps per epoch at effective batch {eff}: padding {fmt_int(pad_steps)}, packing "
@@ -312,23 +321,28 @@ def summary_md(analysis: Analysis, setup: TrainingSetup, *, figures_rel: str, es
             _md_table(SIMULATION_HEADER, _simulation_rows(analysis.simulations)), ""]
     if rec.get("candidates"):
         out += ["### Recommendation candidates", "",
-                _md_table(("max_length", "efficiency", "dropped", "memory (GiB)", "fits memory",
+                _md_table(("max_length", "overlong", "efficiency", "records lost", "memory (GiB)", "fits memory",
                            "optimizer steps/epoch"),
-                          [[fmt_int(c["global_max_length"]), fmt_pct(c["efficiency"]), fmt_int(c["samples_dropped"]),
-                            f"{c['estimated_memory_gib']:.2f}", str(c["fits_memory"]).lower(),
-                            fmt_int(c["optimizer_steps_per_epoch"])] for c in rec["candidates"]]), ""]
+                          [[fmt_int(c["global_max_length"]), c.get("overlong", "drop"), fmt_pct(c["efficiency"]),
+                            fmt_int(c.get("records_lost", c["samples_dropped"])), f"{c['estimated_memory_gib']:.2f}",
+                            str(c["fits_memory"]).lower(), fmt_int(c["optimizer_steps_per_epoch"])]
+                           for c in rec["candidates"]]), ""]
     if r:
         ga = r.get("gradient_accumulation_steps")
         out += ["## Recommended configuration", "", "```yaml", "training:", "  packing: true",
                 f"  global_max_length: {r['global_max_length']}",
                 f"  packing_strategy: {r['packing_strategy']}",
+                f"  packing_overlong: {r.get('packing_overlong', 'drop')}"
+                + ("   # dense detection records become pieces: every object trained"
+                   if r.get("packing_overlong") == "split" else ""),
                 f"  per_device_train_batch_size: {r['per_device_train_batch_size']}   # one pack per device batch",
                 f"  effective_batch_size: {r['effective_batch_size']}   # packs per optimizer step"
                 + (f" -> gradient_accumulation_steps {ga} on {r['world_size']} GPUs" if ga else ""),
                 f"  num_train_epochs: {r['num_train_epochs']}", "```", "",
                 f"- Why {r['global_max_length']}: {rec['reason']}.",
-                f"- Expected: efficiency {fmt_pct(why['efficiency'])}, {fmt_int(why['samples_dropped'])} samples "
-                f"dropped, ~{why['estimated_memory_gib']} GiB per GPU, {fmt_int(why['optimizer_steps_per_epoch'])} "
+                f"- Expected: efficiency {fmt_pct(why['efficiency'])}, {fmt_int(why.get('records_split', 0))} records "
+                f"split, {fmt_int(why.get('records_lost', why['samples_dropped']))} records lost, "
+                f"~{why['estimated_memory_gib']} GiB per GPU, {fmt_int(why['optimizer_steps_per_epoch'])} "
                 f"optimizer steps per epoch ({fmt_int(why['total_optimizer_steps'])} in total), "
                 f"{why['samples_per_step']} samples per step.",
                 f"- Same samples per step as padding instead: effective_batch_size "
@@ -357,7 +371,9 @@ def summary_md(analysis: Analysis, setup: TrainingSetup, *, figures_rel: str, es
             f"- [ ] Short run: `torchrun --nproc_per_node={W} -m swift_plugins.sft --config {packed} "
             "--training.max_steps 20`; watch memory, loss, samples per step",
             f"- [ ] Full run: `torchrun --nproc_per_node={W} -m swift_plugins.sft --config {packed}`",
-            "- [ ] Compare eval loss against the padding run at equal samples seen (not equal steps)"]
+            "- [ ] Compare `eval_token_mean_loss` (token mean over the whole eval set, the same number packed or "
+            "padded) against the padding run at equal samples seen (not equal steps); `eval_loss` is a mean of "
+            "per-step means and differs between the two by batching alone"]
     return "\n".join(out) + "\n"
 
 

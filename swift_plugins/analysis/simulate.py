@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -70,28 +70,48 @@ def training_steps(num_packs: int, effective_batch_size: int, num_train_epochs: 
 
 def simulate(total_tokens: np.ndarray, max_lengths: Sequence[int], strategies: Sequence[str], *, seed: int,
              effective_batch_size: int, num_train_epochs: int, packing_buffer: Optional[int],
-             min_fill_ratio: float, drop_last: bool) -> list[dict]:
-    """One entry per (max_length, strategy) plus the buffered variant of the default strategy with the controls."""
+             min_fill_ratio: float, drop_last: bool,
+             split_samples: Optional[Mapping[int, tuple]] = None) -> list[dict]:
+    """One entry per (max_length, strategy) plus the buffered variant of the default strategy, each
+    with ``overlong: drop``; with ``split_samples`` the same again with ``overlong: split``.
+
+    ``split_samples[L] = (sample lengths, records split, records unsplittable)``: the samples
+    training makes at ``global_max_length`` L with ``packing_overlong: split``
+    (:func:`swift_plugins.packing.samples.split_overlong`: the exact lengths of the pieces).
+    ``records_lost`` counts what a plan trains nothing of: dropped samples (drop: the overlong
+    records themselves) plus unsplittable records. Worked, lengths [30, 120] at L 100: drop ->
+    1 pack, records_lost 1; split (120 -> pieces 60 + 60) -> samples [30, 60, 60], 2 packs,
+    records_split 1, records_lost 0.
+    """
     entries = []
     variants = [(s, None, 0.0, False) for s in strategies]
     if packing_buffer:
         variants.append((DEFAULT_STRATEGY, packing_buffer, min_fill_ratio, drop_last))
+    inputs = []
     for max_length in max_lengths:
+        inputs.append((max_length, "drop", np.asarray(total_tokens), 0, 0))
+        if split_samples is not None:
+            lengths, records_split, unsplittable = split_samples[max_length]
+            inputs.append((max_length, "split", np.asarray(lengths), int(records_split), int(unsplittable)))
+    for max_length, overlong, lengths, records_split, unsplittable in inputs:
         for strategy, buffer, fill, drop in variants:
             t0 = time.perf_counter()
-            plan = plan_packs(total_tokens, max_length, strategy=strategy, seed=seed, buffer_size=buffer,
+            plan = plan_packs(lengths, max_length, strategy=strategy, seed=seed, buffer_size=buffer,
                               min_fill_ratio=fill, drop_last=drop)
             seconds = time.perf_counter() - t0
-            st = plan.stats(total_tokens)
+            st = plan.stats(lengths)
             entry = {
                 "global_max_length": int(max_length), "strategy": strategy, "buffer_size": buffer,
-                "min_fill_ratio": fill, "drop_last": drop,
+                "min_fill_ratio": fill, "drop_last": drop, "overlong": overlong,
+                "samples": int(len(lengths)), "records_split": records_split, "records_unsplittable": unsplittable,
                 "num_packs": st["num_packs"], "l1_bound": st["l1_bound"],
                 "avg_samples_per_pack": round(st["avg_samples_per_pack"], 3),
                 "efficiency": round(st["efficiency"], 6),
                 "min_fill": round(st["min_fill"], 4), "max_fill": round(st["max_fill"], 4),
                 "samples_packed": st["num_packed"], "samples_dropped": st["samples_dropped"],
-                "tokens_dropped": st["tokens_dropped"], "dropped_by_reason": st["dropped_by_reason"],
+                "records_lost": st["samples_dropped"] + unsplittable,
+                "packed_tokens": st["packed_tokens"], "tokens_dropped": st["tokens_dropped"],
+                "dropped_by_reason": st["dropped_by_reason"],
                 "samples_per_step": round(st["avg_samples_per_pack"] * effective_batch_size, 1),
                 "plan_seconds": round(seconds, 4),
             }
@@ -103,30 +123,43 @@ def simulate(total_tokens: np.ndarray, max_lengths: Sequence[int], strategies: S
 def recommend(simulations: list[dict], stats: dict, *, memory_rows: dict, gpu_memory_gib: float,
               memory_headroom: float, max_drop_fraction: float, effective_batch_size: int, world_size: int,
               per_device_train_batch_size: int, padding_batch_size: int, num_train_epochs: int,
-              strategy: str = DEFAULT_STRATEGY) -> dict:
-    """Pick global_max_length: the smallest length (most optimizer steps, least memory) whose
-    estimated memory fits ``gpu_memory_gib * (1 - memory_headroom)`` and whose dropped fraction is
-    at most ``max_drop_fraction``; if none qualifies, the fitting length that drops the fewest."""
+              strategy: str = DEFAULT_STRATEGY, overlong: str = "drop") -> dict:
+    """Pick global_max_length among the ``strategy`` / one-window / ``overlong`` simulations whose
+    estimated memory fits ``gpu_memory_gib * (1 - memory_headroom)``, in this order:
+
+    1. the smallest length that loses nothing (``records_lost`` 0: every record trained);
+    2. else the smallest whose lost fraction is at most ``max_drop_fraction``;
+    3. else the fitting length that loses the fewest; none fitting: the smallest estimate.
+
+    The smallest qualifying length gives the most optimizer steps and needs the least memory.
+    ``overlong="split"`` (detection data: dense scenes are cut, not dropped) is what the analysis
+    passes when the data holds detection records."""
     n = max(1, stats["num_samples"])
     budget = gpu_memory_gib * (1 - memory_headroom)
     candidates = []
     for e in simulations:
-        if e["strategy"] != strategy or e["buffer_size"] is not None:
+        if e["strategy"] != strategy or e["buffer_size"] is not None or e["overlong"] != overlong:
             continue
         mem = memory_rows[e["global_max_length"]]["total_gib"]
         candidates.append({**e, "estimated_memory_gib": mem, "memory_headroom_gib": round(gpu_memory_gib - mem, 2),
-                           "fits_memory": mem <= budget, "drop_fraction": e["samples_dropped"] / n})
+                           "fits_memory": mem <= budget, "drop_fraction": e["records_lost"] / n})
     fitting = [c for c in candidates if c["fits_memory"]]
+    lossless = [c for c in fitting if c["records_lost"] == 0]
     good = [c for c in fitting if c["drop_fraction"] <= max_drop_fraction]
-    if good:
+    fits = (f"estimated memory ({{}} GiB) fits {budget:.1f} GiB ({gpu_memory_gib} GiB GPU, {memory_headroom:.0%} "
+            f"headroom)")
+    if lossless:
+        best = min(lossless, key=lambda c: c["global_max_length"])
+        reason = (f"smallest global_max_length whose {fits.format(best['estimated_memory_gib'])} and that trains "
+                  f"every record (overlong {overlong})")
+    elif good:
         best = min(good, key=lambda c: c["global_max_length"])
-        reason = (f"smallest global_max_length whose estimated memory ({best['estimated_memory_gib']} GiB) fits "
-                  f"{budget:.1f} GiB ({gpu_memory_gib} GiB GPU, {memory_headroom:.0%} headroom) and drops at most "
-                  f"{max_drop_fraction:.2%} of samples")
+        reason = (f"smallest global_max_length whose {fits.format(best['estimated_memory_gib'])} and that loses at "
+                  f"most {max_drop_fraction:.2%} of the records (overlong {overlong})")
     elif fitting:
-        best = min(fitting, key=lambda c: (c["samples_dropped"], c["global_max_length"]))
-        reason = (f"no simulated length drops <= {max_drop_fraction:.2%} of samples within memory; this one drops "
-                  f"the fewest ({best['samples_dropped']}) - consider overlong='split' to keep every object")
+        best = min(fitting, key=lambda c: (c["records_lost"], c["global_max_length"]))
+        reason = (f"no simulated length loses <= {max_drop_fraction:.2%} of the records within memory; this one loses "
+                  f"the fewest ({best['records_lost']}, overlong {overlong})")
     else:
         best = min(candidates, key=lambda c: c["estimated_memory_gib"]) if candidates else None
         reason = "no simulated length fits the memory budget; this is the smallest estimate - lower the length"
@@ -142,6 +175,7 @@ def recommend(simulations: list[dict], stats: dict, *, memory_rows: dict, gpu_me
     return {
         "recommended": {
             "packing": True, "global_max_length": best["global_max_length"], "packing_strategy": strategy,
+            "packing_overlong": overlong,
             "per_device_train_batch_size": per_device_train_batch_size, "effective_batch_size": effective_batch_size,
             "world_size": world_size, "gradient_accumulation_steps": ga, "num_train_epochs": num_train_epochs,
         },
@@ -149,6 +183,7 @@ def recommend(simulations: list[dict], stats: dict, *, memory_rows: dict, gpu_me
         "why": {
             "efficiency": best["efficiency"], "num_packs": best["num_packs"],
             "avg_samples_per_pack": best["avg_samples_per_pack"], "samples_dropped": best["samples_dropped"],
+            "records_split": best["records_split"], "records_lost": best["records_lost"],
             "drop_fraction": round(best["drop_fraction"], 6), "tokens_dropped": best["tokens_dropped"],
             "estimated_memory_gib": best["estimated_memory_gib"], "gpu_memory_gib": gpu_memory_gib,
             "memory_headroom_gib": best["memory_headroom_gib"],
@@ -167,8 +202,9 @@ def recommend(simulations: list[dict], stats: dict, *, memory_rows: dict, gpu_me
             "note": "packs per optimizer step that keep samples per step near the padding baseline "
                     f"({effective_batch_size}); a multiple of world_size x per-device batch ({unit})",
         },
-        "candidates": [{k: c[k] for k in ("global_max_length", "efficiency", "samples_dropped", "estimated_memory_gib",
-                                          "fits_memory", "optimizer_steps_per_epoch")} for c in candidates],
+        "candidates": [{k: c[k] for k in ("global_max_length", "overlong", "efficiency", "samples_dropped",
+                                          "records_lost", "estimated_memory_gib", "fits_memory",
+                                          "optimizer_steps_per_epoch")} for c in candidates],
     }
 
 

@@ -35,6 +35,10 @@ from swift_plugins.data.records import ON_ERROR_CHOICES
 from swift_plugins.errors import UserError, run_main
 from swift_plugins.files import atomic_write_text
 from swift_plugins.packing.planner import DEFAULT_STRATEGY, STRATEGIES
+from swift_plugins.packing.samples import split_overlong
+
+# Detection records are split, not dropped, when too long: every object of a dense scene is trained.
+DETECTION_OVERLONG = "split"
 
 __all__ = ["AnalysisOptions", "build_parser", "main", "options_from_argv", "parse_bool", "run"]
 
@@ -271,17 +275,24 @@ def run(args: AnalysisOptions) -> dict:
         args = dataclasses.replace(args, max_lengths=auto_max_lengths(total))
         log(f"max lengths (auto, around p99 {stats['p99_total_tokens']}): {args.max_lengths}")
     t0 = time.perf_counter()
+    # overlong=split: the pieces training would make, measured exactly (detection records; one
+    # with an object too long alone is unsplittable and counted as lost)
+    split_samples = {}
+    for max_length in args.max_lengths:
+        split = split_overlong(args.train_jsonl, counter, options, lengths.line, total, max_length, on_error="skip")
+        split_samples[max_length] = (split.lengths, split.records_split, len(split.unsplittable))
     sims = simulate(total, args.max_lengths, args.strategies, seed=args.seed,
                     effective_batch_size=args.effective_batch_size, num_train_epochs=args.num_train_epochs,
                     packing_buffer=args.packing_buffer or None, min_fill_ratio=args.packing_min_fill_ratio,
-                    drop_last=args.packing_drop_last)
+                    drop_last=args.packing_drop_last, split_samples=split_samples)
     _write_json(os.path.join(args.output_dir, "packing_simulations.json"), sims)
-    log(f"packing simulations ({len(sims)}) in {time.perf_counter() - t0:.1f}s:")
-    log(f"  {'max_len':>8} {'strategy':>9} {'buffer':>6} {'packs':>7} {'smp/pack':>8} {'effic.':>8} "
-        f"{'dropped':>7} {'steps/ep':>8}")
+    log(f"packing simulations ({len(sims)}) in {time.perf_counter() - t0:.1f}s (overlong split: "
+        + ", ".join(f"{L}: {v[1]} records split, {v[2]} unsplittable" for L, v in split_samples.items()) + "):")
+    log(f"  {'max_len':>8} {'strategy':>9} {'buffer':>6} {'overlong':>8} {'packs':>7} {'smp/pack':>8} "
+        f"{'effic.':>8} {'lost':>7} {'steps/ep':>8}")
     for e in sims:
-        log(f"  {e['global_max_length']:>8} {e['strategy']:>9} {str(e['buffer_size'] or '-'):>6} {e['num_packs']:>7} "
-            f"{e['avg_samples_per_pack']:>8.2f} {e['efficiency']:>8.2%} {e['samples_dropped']:>7} "
+        log(f"  {e['global_max_length']:>8} {e['strategy']:>9} {str(e['buffer_size'] or '-'):>6} {e['overlong']:>8} "
+            f"{e['num_packs']:>7} {e['avg_samples_per_pack']:>8.2f} {e['efficiency']:>8.2%} {e['records_lost']:>7} "
             f"{e['steps_per_epoch']:>8}")
 
     shape = ModelShape.from_config(args.model_path)
@@ -292,14 +303,16 @@ def run(args: AnalysisOptions) -> dict:
                     memory_headroom=args.memory_headroom, max_drop_fraction=args.max_drop_fraction,
                     effective_batch_size=args.effective_batch_size, world_size=args.world_size,
                     per_device_train_batch_size=args.per_device_train_batch_size,
-                    padding_batch_size=args.padding_batch_size, num_train_epochs=args.num_train_epochs)
+                    padding_batch_size=args.padding_batch_size, num_train_epochs=args.num_train_epochs,
+                    overlong=DETECTION_OVERLONG)
     rec["memory"] = {"model_params": shape.total_params, "setup": setup_dict(setup), "gpu_memory_gib": args.gpu_memory_gib,
                      "per_length": [mem_rows[n] for n in args.max_lengths]}
     _write_json(os.path.join(args.output_dir, "recommendations.json"), rec)
     if rec.get("recommended"):
         r, why = rec["recommended"], rec["why"]
         log(f"recommended: global_max_length {r['global_max_length']} ({rec['reason']}): efficiency "
-            f"{why['efficiency']:.2%}, {why['samples_dropped']} dropped, ~{why['estimated_memory_gib']} GiB/GPU, "
+            f"{why['efficiency']:.2%}, {why['records_split']} records split, {why['records_lost']} lost, "
+            f"~{why['estimated_memory_gib']} GiB/GPU, "
             f"{why['optimizer_steps_per_epoch']} optimizer steps/epoch at effective batch {r['effective_batch_size']}")
     log(f"outputs in {os.path.abspath(args.output_dir)} (total {time.perf_counter() - t_start:.1f}s)")
     atomic_write_text(log_path, "\n".join(log_lines) + "\n")

@@ -23,8 +23,8 @@ from swift_plugins.config.schema import OURS, SCHEMA_LEAVES, SWIFT
 from swift_plugins.data.conversation import ConversationOptions
 from swift_plugins.errors import UserError
 from swift_plugins.files import atomic_write_text
-from swift_plugins.names import (CALLBACK_DATA_ORDER, CALLBACK_SAVE_DELAY, FIELD_PREFIX, OPTIMIZER_NAME,
-                                 PACKING_TEMPLATE)
+from swift_plugins.names import (CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, CALLBACK_SAVE_DELAY, FIELD_PREFIX,
+                                 OPTIMIZER_NAME, PACKING_TEMPLATE)
 
 __all__ = ["SIDECAR_FORMAT", "ExportedFiles", "RuntimeOptions", "export_flat", "flat_swift_args", "load_sidecar",
            "runtime_options", "swift_argv"]
@@ -106,6 +106,8 @@ def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = Fal
         out["template"] = PACKING_TEMPLATE
         # fresh dataloader workers each epoch see the epoch's pack order (persistent ones would not)
         out["dataloader_persistent_workers"] = False
+        # the packs are already in the dealt order: ms-swift's sampler must not shuffle them again
+        out["train_dataloader_shuffle"] = False
     out["dataset"] = [cfg.custom.train_jsonl]
     if cfg.custom.val_jsonl is not None:
         out["val_dataset"] = [cfg.custom.val_jsonl]
@@ -115,6 +117,8 @@ def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = Fal
         callbacks.append(CALLBACK_SAVE_DELAY)
     if options.log_data_order:
         callbacks.append(CALLBACK_DATA_ORDER)
+    if cfg.custom.val_jsonl is not None:
+        callbacks.append(CALLBACK_EVAL_TOKEN_MEAN)
     if callbacks:
         out["callbacks"] = callbacks
     for name, value in cfg.swift.items():

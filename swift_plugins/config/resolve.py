@@ -231,6 +231,11 @@ def _cross_checks(cfg: Dict[str, Any], src: Dict[str, str], bad: set, top: str, 
         issues.append(Issue(source("training.per_device_train_batch_size"), "training.per_device_train_batch_size",
                             f"must be 1 with training.packing true (each device batch is one pack of many "
                             f"samples), got {t('per_device_train_batch_size')}"))
+    if ok("training.packing", "training.per_device_eval_batch_size") and t("packing") \
+            and t("per_device_eval_batch_size") != 1:
+        issues.append(Issue(source("training.per_device_eval_batch_size"), "training.per_device_eval_batch_size",
+                            f"must be 1 with training.packing true (each eval batch is one pack, or one sample with "
+                            f"eval_packing false), got {t('per_device_eval_batch_size')}"))
     if ok("training.packing", "training.global_max_length") and t("packing") and t("global_max_length") is None:
         issues.append(Issue(source("training.packing"), "training.global_max_length",
                             "required with training.packing true (tokens per pack, e.g. 20000)"))

@@ -302,6 +302,8 @@ RESERVED_SWIFT_KEYS = {
     "dataset": "set custom.train_jsonl",
     "val_dataset": "set custom.val_jsonl",
     "callbacks": "swift_plugins sets the callbacks",
+    "train_dataloader_shuffle": "with training.packing the packs are already in the dealt order (swift_plugins sets "
+                                "false); without it ms-swift's shuffle stays on",
 }
 PRESET_DEEPSPEED = ("zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
 

@@ -1,8 +1,10 @@
-"""Trainer callbacks: ``save_delay_steps``, a per-rank record of the data order, packing metrics.
+"""Trainer callbacks: ``save_delay_steps``, a per-rank record of the data order, packing metrics,
+the token-mean eval loss.
 
 Declared here, registered by ``swift_plugins.training.register_all`` (``callbacks_map`` entries
-``swiftpack_data_order``, ``swiftpack_packing``) and :func:`register_save_delay`, which binds
-``swiftpack_save_delay`` to a step count (``callbacks: [swiftpack_save_delay]`` selects it).
+``swiftpack_data_order``, ``swiftpack_packing``, ``swiftpack_eval_token_mean``) and
+:func:`register_save_delay`, which binds ``swiftpack_save_delay`` to a step count
+(``callbacks: [swiftpack_save_delay]`` selects it).
 
 save_delay_steps, worked example (``save_steps 1, save_delay_steps 2, max_steps 3``)::
 
@@ -19,14 +21,16 @@ import math
 import os
 from typing import Any, List, Optional
 
+import torch
 from swift.callbacks import TrainerCallback, callbacks_map
 
 from swift_plugins.files import atomic_write_text
-from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_PACKING, CALLBACK_SAVE_DELAY
-from swift_plugins.training.packed_dataset import PackedDataset
+from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, CALLBACK_PACKING, CALLBACK_SAVE_DELAY
+from swift_plugins.training.metrics import BatchRecorder
+from swift_plugins.training.packed_dataset import PACKING_STATE_FILE, PackedDataset
 
-__all__ = ["DataOrderCallback", "PackingCallback", "SaveDelayCallback", "epoch_batches", "register",
-           "register_save_delay", "save_allowed"]
+__all__ = ["DataOrderCallback", "EvalTokenMeanCallback", "PackingCallback", "SaveDelayCallback", "epoch_batches",
+           "register", "register_save_delay", "save_allowed"]
 
 
 def save_allowed(global_step: int, save_delay_steps: int) -> bool:
@@ -100,19 +104,33 @@ class DataOrderCallback(TrainerCallback):
 
 
 class PackingCallback(TrainerCallback):
-    """Trainer callback of packed training: per-epoch pack order and packing metrics in the logs.
+    """Packed training: the epoch's pack order, and packing metrics of what was trained.
 
     ``on_epoch_begin``: the packed train dataset switches to the epoch's order before the
-    dataloader's workers start (transformers calls it right before iterating the epoch; on resume
-    ``state.epoch`` is the fraction reached, whose floor is the epoch to continue).
+    dataloader's workers start (transformers calls it right before iterating the epoch; on
+    resume ``state.epoch`` is the fraction reached, whose floor is the epoch to continue).
 
-    ``on_step_end``: adds this optimizer step's ``packing_efficiency`` (real tokens / (packs x
-    global_max_length)) and ``samples_per_step`` (samples over all ranks) to ms-swift's train
-    metrics, so they are averaged over the logging window and land in ``logging.jsonl`` and
-    TensorBoard next to the loss. Every rank computes the same numbers from the plan.
+    ``on_step_end``: the packs this optimizer step trained, as the batches carried them
+    (:class:`~swift_plugins.training.metrics.BatchRecorder`), summed over ranks::
+
+        packing_efficiency = real tokens / (packs x global_max_length)
+        samples_per_step   = samples in those packs
+
+    added to ms-swift's train metrics (averaged over the logging window into ``logging.jsonl``
+    and TensorBoard next to the loss). With ``log_data_order`` each rank also appends the step's
+    packs to ``<output_dir>/packing/served_rank<R>.jsonl``: ``{"step": 3, "positions": [4, 6],
+    "samples": [[12, 40], [7]], "tokens": [618, 302]}`` (positions in the epoch's order).
+
+    ``on_save``: ``<checkpoint>/swiftpack_packing.json`` records the world size and the plan's
+    digest, so a resume with another world size or another plan stops with a clear error.
     """
 
-    def _dataset(self):
+    def __init__(self, args, trainer):
+        super().__init__(args, trainer)
+        if trainer is not None:
+            BatchRecorder.attach(trainer)
+
+    def _dataset(self) -> Optional[PackedDataset]:
         dataset = getattr(self.trainer, "train_dataset", None)
         return dataset if isinstance(dataset, PackedDataset) else None
 
@@ -126,19 +144,50 @@ class PackingCallback(TrainerCallback):
         dataset = self._dataset()
         if dataset is None:
             return control
-        ga = args.gradient_accumulation_steps
-        steps = dataset.step_stats(ga)
-        index = state.global_step - 1 - dataset.epoch * len(steps)
-        if 0 <= index < len(steps):
+        served = BatchRecorder.attach(self.trainer).take_train_served()
+        rows = [r for batch in served for r in batch.tolist()]
+        totals = torch.tensor([sum(r[1] for r in rows), sum(r[2] for r in rows), len(rows)], dtype=torch.float64)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            device = args.device if torch.distributed.get_backend() == "nccl" else "cpu"
+            totals = totals.to(device)
+            torch.distributed.all_reduce(totals)
+        samples, tokens, packs = (float(x) for x in totals.tolist())
+        if packs:
             metrics = self.trainer.custom_metrics["train"]
-            metrics["packing_efficiency"].update(steps[index]["efficiency"])
-            metrics["samples_per_step"].update(steps[index]["samples"])
+            metrics["packing_efficiency"].update(tokens / (packs * dataset.sp.plan.max_length))
+            metrics["samples_per_step"].update(samples)
+        if dataset.log_served:
+            record = {"step": state.global_step, "epoch": dataset.epoch, "positions": [r[0] for r in rows],
+                      "samples": [[s for s in r[3:3 + r[1]]] for r in rows], "tokens": [r[2] for r in rows]}
+            path = os.path.join(args.output_dir, "packing", f"served_rank{args.process_index}.jsonl")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:  # a log appended step by step, not a result file
+                f.write(json.dumps(record) + "\n")
         return control
+
+    def on_save(self, args, state, control, **kwargs):
+        dataset = self._dataset()
+        if dataset is not None and args.should_save:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                atomic_write_text(os.path.join(folder, PACKING_STATE_FILE), json.dumps(dataset.resume_state()) + "\n")
+        return control
+
+
+class EvalTokenMeanCallback(TrainerCallback):
+    """``eval_token_mean_loss``, ``eval_tokens``, ``eval_samples`` in every evaluation, packed or padded
+    (:mod:`swift_plugins.training.metrics`)."""
+
+    def __init__(self, args, trainer):
+        super().__init__(args, trainer)
+        if trainer is not None:
+            BatchRecorder.attach(trainer)
 
 
 def register() -> None:
     """Idempotent: the callbacks selected by name (save delay bound to 0 until the run binds it)."""
     callbacks_map[CALLBACK_DATA_ORDER] = DataOrderCallback
     callbacks_map[CALLBACK_PACKING] = PackingCallback
+    callbacks_map[CALLBACK_EVAL_TOKEN_MEAN] = EvalTokenMeanCallback
     if CALLBACK_SAVE_DELAY not in callbacks_map:
         register_save_delay(0)

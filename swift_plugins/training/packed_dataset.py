@@ -16,6 +16,7 @@ the world size, reached by splitting packs, never by dropping or repeating them)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -24,14 +25,47 @@ from typing import Optional
 from swift_plugins.config.resolve import world_size_from_env
 from swift_plugins.data.conversation import ConversationOptions, to_swift_row
 from swift_plugins.data.records import parse_record
+from swift_plugins.errors import UserError
 from swift_plugins.files import atomic_write_text, line_offsets, read_line
 from swift_plugins.lengths.counter import DetectionAnswerCounter, LengthCounter
 from swift_plugins.names import CALLBACK_PACKING, PACKING_TEMPLATE
-from swift_plugins.packing.samples import (SamplePlan, build_sample_plan, epoch_order, pack_count_multiple_of,
-                                           split_pieces, step_stats)
+from swift_plugins.packing.samples import SamplePlan, build_sample_plan, epoch_order, pack_count_multiple_of, split_pieces
 from swift_plugins.training.calibration import counter_from_template
+from swift_plugins.training.template import EncodedPack
 
-__all__ = ["PackLengthMismatch", "PackedDataset", "build_packed_datasets"]
+__all__ = ["PACKING_STATE_FILE", "PackLengthMismatch", "PackedDataset", "build_packed_datasets", "check_resume",
+           "plan_digest"]
+
+PACKING_STATE_FILE = "swiftpack_packing.json"  # in every checkpoint of a packed run
+
+
+def plan_digest(plan) -> str:
+    """sha256 of the plan's JSON: two runs train the same packs exactly when their digests agree."""
+    return hashlib.sha256(plan.to_json().encode()).hexdigest()
+
+
+def check_resume(checkpoint: Optional[str], state: dict) -> None:
+    """Refuse to continue a checkpoint whose world size or plan differ from this run's (``UserError``).
+
+    The pack order of every epoch and the pack count depend on the world size; the plan on the
+    data and the packing options. A checkpoint without the state file (not a packed run) is refused too.
+    """
+    if not checkpoint:
+        return
+    path = os.path.join(checkpoint, PACKING_STATE_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{checkpoint}: training.resume_from_checkpoint: no {PACKING_STATE_FILE} (not a checkpoint of "
+                        f"a packed run); resume a packed run's checkpoint or start a new run")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved["world_size"] != state["world_size"]:
+        raise UserError(f"{checkpoint}: training.resume_from_checkpoint: trained with world_size {saved['world_size']}, "
+                        f"this run has {state['world_size']}; the pack order depends on it (resume with torchrun "
+                        f"--nproc_per_node={saved['world_size']}, or start a new run)")
+    if (saved["plan_sha256"], saved["seed"]) != (state["plan_sha256"], state["seed"]):
+        raise UserError(f"{checkpoint}: training.resume_from_checkpoint: its packing plan differs from this run's (data, "
+                        f"global_max_length or packing options changed; {saved['num_packs']} packs then, "
+                        f"{state['num_packs']} now); resume with the same data and options, or start a new run")
 
 
 class PackLengthMismatch(RuntimeError):
@@ -46,10 +80,13 @@ class PackedDataset:
     """
 
     def __init__(self, sample_plan: SamplePlan, template, conversation: ConversationOptions, *, world_size: int = 1,
-                 seed: int = 0, train: bool = True, counter: Optional[LengthCounter] = None):
+                 seed: int = 0, train: bool = True, counter: Optional[LengthCounter] = None,
+                 log_served: bool = False):
         """``sample_plan``: for ``train`` its pack count must be a multiple of ``world_size``
-        (:func:`pack_count_multiple_of`); the plan is read, never changed."""
+        (:func:`pack_count_multiple_of`); the plan is read, never changed. ``log_served``: the
+        packing callback logs the packs each step trained (``packing/served_rank<R>.jsonl``)."""
         self.sp = sample_plan
+        self.log_served = log_served
         self.template = template
         self.conversation = conversation
         self.world_size = max(1, int(world_size))
@@ -80,14 +117,10 @@ class PackedDataset:
             self.epoch = epoch
             self.order = self.epoch_order(epoch)
 
-    def step_stats(self, micro_batches_per_step: int) -> list[dict]:
-        """Per optimizer step of the current epoch: samples, real tokens and packs over all ranks."""
-        key = (self.epoch, micro_batches_per_step)
-        if getattr(self, "_step_stats_key", None) != key:
-            self._step_stats = step_stats(self.order, self.sp.lengths, self.sp.plan.max_length,
-                                          micro_batches_per_step * self.world_size)
-            self._step_stats_key = key
-        return self._step_stats
+    def resume_state(self) -> dict:
+        """What a checkpoint must match to continue this run's plan: written next to each checkpoint."""
+        return {"world_size": self.world_size, "plan_sha256": plan_digest(self.sp.plan), "seed": self.seed,
+                "num_packs": self.sp.plan.num_packs}
 
     @property
     def packed_length(self) -> list[int]:
@@ -112,7 +145,8 @@ class PackedDataset:
             opts["object_ordering"] = "none"  # pieces are already in conversation order
         return to_swift_row(record, base_dir=self.base_dir, sample_key=line, **opts)
 
-    def __getitem__(self, index: int) -> list[dict]:
+    def __getitem__(self, index: int) -> EncodedPack:
+        """The pack at ``index`` of this epoch's order, each sample encoded and its length checked."""
         encoded = []
         for sample in self.order[index]:
             enc = self.template.encode(self.row(sample), return_length=True)
@@ -123,7 +157,8 @@ class PackedDataset:
                     f"{planned} (part {int(self.sp.parts[sample])}); the length rule and the template disagree - "
                     "check template max_pixels / MAX_PIXELS and the conversation options")
             encoded.append(enc)
-        return encoded
+        return EncodedPack(encoded, position=index, samples=self.order[index],
+                           tokens=sum(e["length"] for e in encoded))
 
 
 # ------------------------------------------------------------------------------ ms-swift glue
@@ -141,11 +176,14 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
     args = sft.args
     template = sft.template
     if type(template).__name__ != "Qwen3VLPackingTemplate":
-        raise ValueError(f"training.packing needs template.template: {PACKING_TEMPLATE} (got {args.template!r}); "
-                         "the config layer sets it when packing is on")
+        raise UserError(f"template: training.packing needs template {PACKING_TEMPLATE} (got {args.template!r}); "
+                        "the config layer sets it when packing is on")
     if args.training_args.dataloader_persistent_workers and args.training_args.dataloader_num_workers > 0:
-        raise ValueError("training.packing needs dataloader_persistent_workers false: persistent workers keep the "
-                         "first epoch's pack order")
+        raise UserError("dataloader_persistent_workers: training.packing needs false (persistent workers keep the "
+                        "first epoch's pack order)")
+    if args.training_args.train_dataloader_shuffle:
+        raise UserError("train_dataloader_shuffle: training.packing needs false (the packs are already in the dealt "
+                        "order; a shuffle would undo the deal and train other packs than the plan logs)")
     template.padding_free = True
     template.packing = True
     template.max_length = opts.global_max_length
@@ -176,7 +214,8 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
     # equal step counts on every rank without dropping or repeating samples
     train_plan = dataclasses.replace(planned, plan=pack_count_multiple_of(planned.plan, planned.lengths, world_size))
     train = PackedDataset(train_plan, template, conversation, world_size=world_size, seed=opts.packing_seed,
-                          counter=counter)
+                          counter=counter, log_served=opts.log_data_order)
+    check_resume(args.resume_from_checkpoint, train.resume_state())
     val = None
     if opts.val_jsonl:
         val_plan = plan(opts.val_jsonl, False)
@@ -216,6 +255,10 @@ def _report(output_dir, train_plan: SamplePlan, val_plan: Optional[SamplePlan], 
     folder = os.path.join(output_dir, "packing")
     os.makedirs(folder, exist_ok=True)
     train_plan.plan.save(os.path.join(folder, "plan.json"))
+    # plan.json's sample indices -> records: sample k is line lines[k] (part parts[k] of a split record)
+    atomic_write_text(os.path.join(folder, "samples.json"), json.dumps(
+        {"jsonl": train_plan.path, "lines": train_plan.lines.tolist(), "parts": train_plan.parts.tolist(),
+         "lengths": train_plan.lengths.tolist()}, separators=(",", ":")) + "\n")
     atomic_write_text(os.path.join(folder, "summary.json"), json.dumps(summary, indent=2) + "\n")
     rows = [{"split": "train", **r} for r in train_plan.dropped_rows()]
     rows += [{"split": "train", "line": s.line, "part": -1, "length": None, "reason": f"{s.kind}: {s.reason}"}

@@ -15,6 +15,14 @@ logit difference to separate runs 3e-7 (sdpa and eager) vs 0.82 with ms-swift's 
     row:        [ s1: 0 1 2 3 4 | s2: 0 1 2 | s3: 0 1 2 3 ]       text positions (row 0)
     mask (sdpa)   s1 x s1 causal   s2 x s2       s3 x s3         zeros elsewhere
 
+Every packed batch is checked before it leaves the collator (:func:`isolation_problems`): text
+positions restart at every sample start, ``cu_seq_lens_q/k`` mark the same starts, no KV cache.
+A change that drops one of them fails loudly instead of training mixed samples. The packs of a
+:class:`~swift_plugins.training.packed_dataset.PackedDataset` arrive as :class:`EncodedPack`
+items; the batch then also carries ``swiftpack_served`` (pack position, samples, tokens, sample ids)
+so that the packing metrics count what was actually trained (``training/metrics.py`` takes it
+out before the model sees the batch).
+
 Nothing else changes: labels keep each sample's first token at -100 (its prompt), so no token
 learns across a boundary, and the loss is ms-swift's token mean. Equivalence (fp32, tiny model):
 packed logits equal each sample run alone, and loss + gradients equal the unpacked batch
@@ -25,17 +33,70 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+import torch
+
 from swift_plugins.names import PACKING_TEMPLATE
 
-__all__ = ["register"]
+__all__ = ["SERVED_KEY", "EncodedPack", "isolation_problems", "register"]
+
+SERVED_KEY = "swiftpack_served"  # batch key: per pack [position, samples, tokens, sample indices..., -1 padding]
+
+
+class EncodedPack(list):
+    """The encoded samples of one pack (a list, as ms-swift's packing collator expects) and which
+    pack it is: ``position`` in the epoch's order, ``samples`` (sample indices), ``tokens``."""
+
+    def __init__(self, encoded, *, position: int, samples, tokens: int):
+        super().__init__(encoded)
+        self.position, self.samples, self.tokens = int(position), [int(s) for s in samples], int(tokens)
+
+
+def isolation_problems(batch: Dict[str, Any]) -> List[str]:
+    """What a packed batch lacks for its samples to stay isolated ([] when nothing).
+
+    >>> pos = torch.tensor([[0, 1, 2, 0, 1]] * 4)
+    >>> cu = torch.tensor([0, 3, 5], dtype=torch.int32)
+    >>> isolation_problems({"position_ids": pos, "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "use_cache": False})
+    []
+    >>> isolation_problems({"position_ids": pos[1:], "cu_seq_lens_q": cu, "cu_seq_lens_k": cu})
+    ['position_ids has 3 rows; the text row (row 0) is missing', 'use_cache is not False']
+    """
+    problems = []
+    pos = batch.get("position_ids")
+    if pos is None or pos.dim() != 3 and pos.dim() != 2:
+        return ["position_ids missing"]
+    if pos.shape[0] != 4:
+        problems.append(f"position_ids has {pos.shape[0]} rows; the text row (row 0) is missing")
+    text = pos[0].reshape(-1)
+    starts = torch.nonzero(text == 0).flatten().to(torch.int64)
+    for key in ("cu_seq_lens_q", "cu_seq_lens_k"):
+        cu = batch.get(key)
+        if cu is None:
+            problems.append(f"{key} missing")
+        elif not torch.equal(cu[:-1].to(torch.int64).cpu(), starts.cpu()) or int(cu[-1]) != text.numel():
+            problems.append(f"{key} {cu.tolist()} do not mark the samples' starts {starts.tolist()}")
+    if batch.get("use_cache") is not False:
+        problems.append("use_cache is not False")
+    return problems
 
 
 def _template_class():
-    import torch
     from swift.template.templates.qwen import Qwen3VLTemplate
 
     class Qwen3VLPackingTemplate(Qwen3VLTemplate):
         """``qwen3_vl`` whose packed batches carry 4-row position ids (see module docstring)."""
+
+        def data_collator(self, batch: List[Any], *, padding_to: Optional[int] = None) -> Dict[str, Any]:
+            served = [[p.position, len(p.samples), p.tokens, *p.samples] for p in batch if isinstance(p, EncodedPack)]
+            res = super().data_collator(batch, padding_to=padding_to)
+            if self.padding_free:
+                problems = isolation_problems(res)
+                if problems:
+                    raise RuntimeError("packed batch would let samples attend to each other: " + "; ".join(problems))
+            if served:
+                width = max(map(len, served))
+                res[SERVED_KEY] = torch.tensor([row + [-1] * (width - len(row)) for row in served], dtype=torch.int64)
+            return res
 
         def _data_collator(self, batch: List[Dict[str, Any]], *, padding_to: Optional[int] = None) -> Dict[str, Any]:
             res = super()._data_collator(batch, padding_to=padding_to)

@@ -32,9 +32,9 @@ def at_repo_root(repo_root, monkeypatch):
     monkeypatch.chdir(repo_root)  # config paths are relative to the working directory
 
 
-def entry_for(sims, L, strategy, buffer, fill=0.0, drop=False):
-    return next(e for e in sims if (e["global_max_length"], e["strategy"], e["buffer_size"]) == (L, strategy, buffer)
-                and (buffer is None or (e["min_fill_ratio"], e["drop_last"]) == (fill, drop)))
+def entry_for(sims, L, strategy, buffer, fill=0.0, drop=False, overlong="split"):
+    return next(e for e in sims if (e["global_max_length"], e["strategy"], e["buffer_size"], e["overlong"])
+                == (L, strategy, buffer, overlong) and (buffer is None or (e["min_fill_ratio"], e["drop_last"]) == (fill, drop)))
 
 
 def scaled(x, new, old):
@@ -54,10 +54,10 @@ def test_rescale_rename_and_default_output():
     assert migrate.default_output("x/base.yaml") == os.path.join("x", "base_packed.yaml")
 
 
-def expected_entry(sims, L, strategy, buffer, fill, drop):
+def expected_entry(sims, L, strategy, buffer, fill, drop, overlong="split"):
     """The simulated entry of exactly this variant, else the one-window entry (as documented)."""
     exact = [e for e in sims if (e["global_max_length"], e["strategy"], e["buffer_size"], e["min_fill_ratio"],
-                                 e["drop_last"]) == (L, strategy, buffer, fill, drop)]
+                                 e["drop_last"], e["overlong"]) == (L, strategy, buffer, fill, drop, overlong)]
     return (exact[0], True) if exact else (entry_for(sims, L, strategy, None), False)
 
 
@@ -79,6 +79,8 @@ def test_dlora_padding_config_migrates_with_exact_rescaled_steps(analysis, tmp_p
     t = packed.config.training
     assert (t.packing, t.global_max_length, t.packing_strategy, t.per_device_train_batch_size) == (True, L, DEFAULT_STRATEGY, 1)
     assert (t.packing_buffer, t.packing_min_fill_ratio, t.packing_drop_last) == variant
+    assert rec["recommended"]["packing_overlong"] == t.packing_overlong == "split"  # detection data
+    assert t.per_device_eval_batch_size == 1 != pt.per_device_eval_batch_size
     assert t.effective_batch_size == eff and packed.gradient_accumulation_steps == eff // 4
     for key in STEP_KEYS:
         assert getattr(t, key) == (None if getattr(pt, key) is None else scaled(getattr(pt, key), new, old)), key
@@ -104,7 +106,8 @@ def test_dlora_padding_config_migrates_with_exact_rescaled_steps(analysis, tmp_p
 def test_flags_choosing_the_simulated_buffered_variant_use_its_entry(analysis, tmp_path):
     sims, rec, n = analysis["sims"], analysis["rec"], analysis["stats"]["num_samples"]
     L = rec["recommended"]["global_max_length"]
-    buffered = next(e for e in sims if e["global_max_length"] == L and e["buffer_size"] is not None)
+    buffered = next(e for e in sims if e["global_max_length"] == L and e["buffer_size"] is not None
+                    and e["overlong"] == "split")
     out = tmp_path / "p.yaml"
     res = migrate.migrate("configs/dlora/sft_text_only_padding.yaml", str(analysis["dir"]), str(out), world_size=4,
                           packing_buffer=buffered["buffer_size"], packing_min_fill_ratio=buffered["min_fill_ratio"],
@@ -114,7 +117,8 @@ def test_flags_choosing_the_simulated_buffered_variant_use_its_entry(analysis, t
     t = resolve_config(str(out), world_size=4).config.training
     assert (t.packing_buffer, t.packing_min_fill_ratio, t.packing_drop_last) == (
         buffered["buffer_size"], buffered["min_fill_ratio"], buffered["drop_last"])
-    assert f"{buffered['samples_dropped']} of {n} samples dropped by this plan" in out.read_text()
+    assert (f"{buffered['records_lost']} of {n} records lost by this plan" in out.read_text()
+            and f"{buffered['records_split']} split into pieces" in out.read_text())
 
 
 def test_tiny_padding_config_migrates_on_the_recommended_plan(analysis, tmp_path):

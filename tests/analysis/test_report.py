@@ -70,8 +70,9 @@ def table(path, first):
     return {r[first]: r for r in rows} if first == "parameter" else rows
 
 
-def entry_for(sims, L, strategy=DEFAULT_STRATEGY, buffer=None):
-    return next(e for e in sims if (e["global_max_length"], e["strategy"], e["buffer_size"]) == (L, strategy, buffer))
+def entry_for(sims, L, strategy=DEFAULT_STRATEGY, buffer=None, overlong="split"):
+    return next(e for e in sims if (e["global_max_length"], e["strategy"], e["buffer_size"], e["overlong"])
+                == (L, strategy, buffer, overlong))
 
 
 def overhead_by_hand(lengths, b):
@@ -114,10 +115,12 @@ def test_comparison_table_numbers_are_the_analysis_numbers(default_report, data)
 
     assert both("samples analysed") == (n, n)
     assert num(t["max sequence length (tokens)"]["packing"]) == L
-    assert t["packing plan"]["packing"] == f"{DEFAULT_STRATEGY}, one window"
-    assert both("samples dropped") == (0, e["samples_dropped"])
-    assert both("samples trained per epoch") == (n, e["samples_packed"]) and e["samples_packed"] + e[
-        "samples_dropped"] == n
+    assert t["packing plan"]["packing"] == f"{DEFAULT_STRATEGY}, one window, overlong split"
+    assert rec["recommended"]["packing_overlong"] == "split" and e["records_split"] > 0  # dense scenes in the sample
+    assert both("records lost (not trained)") == (0, e["records_lost"]) and e["records_lost"] == 0
+    assert num(t["records split into pieces"]["packing"]) == e["records_split"]
+    assert both("samples trained per epoch") == (n, e["samples_packed"])
+    assert e["samples_packed"] + e["samples_dropped"] == e["samples"] > n  # a split record trains as its pieces
     assert both("rows per epoch (samples or packs)") == (n, e["num_packs"])
     assert both("per_device_train_batch_size") == (pad_b, 1)
     assert both("effective_batch_size") == (EFF, EFF)
@@ -128,7 +131,8 @@ def test_comparison_table_numbers_are_the_analysis_numbers(default_report, data)
                                              e["total_optimizer_steps"])
     assert both("samples_per_step") == (EFF, round(e["samples_packed"] / e["num_packs"] * EFF, 1))
     padded, real = overhead_by_hand(lengths, pad_b)
-    packed_tokens = sum(lengths) - e["tokens_dropped"]
+    packed_tokens = e["packed_tokens"]  # the pieces of a split record each repeat its prompt and image
+    assert packed_tokens > sum(lengths) and e["tokens_dropped"] == 0
     assert both("real tokens per epoch") == (real, packed_tokens)
     assert both("padded tokens per epoch") == (padded, 0)
     assert both("padding_overhead") == (round(100 * padded / real, 2), 0.0)
@@ -167,10 +171,11 @@ def test_summary_has_recommendation_stats_and_every_simulation(default_report, a
     sim_rows = report.parse_markdown_table(text, "max_length")
     assert len(sim_rows) == len(sims)
     for row, e in zip(sim_rows, sims):
-        assert (num(row["max_length"]), row["strategy"], num(row["packs"]), num(row["L1 bound"]),
-                num(row["dropped"]), num(row["optimizer steps/epoch"]), num(row["efficiency"])) == (
-            e["global_max_length"], e["strategy"], e["num_packs"], e["l1_bound"], e["samples_dropped"],
-            e["optimizer_steps_per_epoch"], round(100 * e["efficiency"], 2))
+        assert (num(row["max_length"]), row["strategy"], row["overlong"], num(row["records split"]),
+                num(row["packs"]), num(row["L1 bound"]), num(row["records lost"]), num(row["optimizer steps/epoch"]),
+                num(row["efficiency"])) == (
+            e["global_max_length"], e["strategy"], e["overlong"], e["records_split"], e["num_packs"], e["l1_bound"],
+            e["records_lost"], e["optimizer_steps_per_epoch"], round(100 * e["efficiency"], 2))
     assert "figures/token_distribution.png" in text and "## Migration checklist" in text
     assert f"torchrun --nproc_per_node={WORLD} -m swift_plugins.sft --config" in text
 
@@ -183,9 +188,9 @@ def test_config_supplies_the_training_setup(dlora_report, data, tiny_model_dir, 
     L = rec["recommended"]["global_max_length"]
     cfg = resolve_config(str(repo_root / "configs/dlora/sft_text_only_padding.yaml"), world_size=4).config
     pt = cfg.training
-    variant = (L, DEFAULT_STRATEGY, pt.packing_buffer, pt.packing_min_fill_ratio, pt.packing_drop_last)
+    variant = (L, DEFAULT_STRATEGY, pt.packing_buffer, pt.packing_min_fill_ratio, pt.packing_drop_last, "split")
     exact = [e for e in sims if (e["global_max_length"], e["strategy"], e["buffer_size"], e["min_fill_ratio"],
-                                 e["drop_last"]) == variant]
+                                 e["drop_last"], e["overlong"]) == variant]
     e = exact[0] if exact else entry_for(sims, L)
     eff, b = pt.effective_batch_size, pt.per_device_train_batch_size
     assert t["packing plan"]["packing"] == report.variant_text(e)
@@ -196,7 +201,7 @@ def test_config_supplies_the_training_setup(dlora_report, data, tiny_model_dir, 
     assert num(t["steps_per_epoch"]["packing"]) == math.ceil(e["num_packs"] / eff)
     per_epoch = math.ceil(e["num_packs"] / eff)
     assert num(t["total_optimizer_steps"]["packing"]) == math.ceil(pt.num_train_epochs * per_epoch)
-    assert num(t["samples dropped"]["packing"]) == e["samples_dropped"]
+    assert num(t["records lost (not trained)"]["packing"]) == e["records_lost"]
     assert f"padding_overhead, shuffled (seed {pt.data_seed})" in t
     mem = report.parse_markdown_table((dlora_report / "memory_estimates.md").read_text(), "max_length")
     want = memory_table(ModelShape.from_config(tiny_model_dir), LENGTHS,

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import ANALYSIS_EFF, ANALYSIS_EPOCHS, ANALYSIS_LENGTHS, ANALYSIS_WORLD
 from swift_plugins.analysis import token_analysis
 from swift_plugins.data import RecordError
 from swift_plugins.packing import DEFAULT_STRATEGY, STRATEGIES
@@ -24,10 +25,8 @@ def _rows(path):
 
 
 @pytest.fixture(scope="module")
-def analysed(tiny_model_dir, sample_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("analysis")
-    result = _run(tiny_model_dir, sample_dir / "train.jsonl", out, out / "cache")
-    return out, result
+def analysed(sample_analysis):
+    return sample_analysis, None
 
 
 def test_writes_the_seed_files_with_consistent_numbers(analysed, sample_dir):
@@ -50,18 +49,31 @@ def test_writes_the_seed_files_with_consistent_numbers(analysed, sample_dir):
 def test_simulations_cover_every_length_and_strategy_and_account_for_every_sample(analysed):
     out, _ = analysed
     sims = json.loads((out / "packing_simulations.json").read_text())
-    keys = {(e["global_max_length"], e["strategy"], e["buffer_size"]) for e in sims}
-    assert keys == {(L, s, None) for L in (4000, 8000) for s in STRATEGIES} | {
-        (4000, DEFAULT_STRATEGY, 256), (8000, DEFAULT_STRATEGY, 256)}
-    n = json.loads((out / "dataset_stats.json").read_text())["num_samples"]
+    keys = [(e["global_max_length"], e["strategy"], e["buffer_size"], e["overlong"]) for e in sims]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {(L, s, b, o) for L in ANALYSIS_LENGTHS for o in ("drop", "split")
+                         for s, b in [(s, None) for s in STRATEGIES] + [(DEFAULT_STRATEGY, 256)]}
+    stats = json.loads((out / "dataset_stats.json").read_text())
+    n, longest = stats["num_samples"], stats["max_total_tokens"]
     for e in sims:
-        assert e["samples_packed"] + e["samples_dropped"] == n
-        assert e["steps_per_epoch"] == round(e["num_packs"] / 8, 2)
-        assert e["optimizer_steps_per_epoch"] == -(-e["num_packs"] // 8)
-        assert e["total_optimizer_steps"] == 2 * e["optimizer_steps_per_epoch"]
+        assert e["samples_packed"] + e["samples_dropped"] == e["samples"]
+        if e["overlong"] == "drop":  # records are the samples; the overlong ones are lost
+            assert e["samples"] == n and e["records_split"] == 0
+            assert e["dropped_by_reason"].get("overlong", 0) == e["records_lost"] - e["dropped_by_reason"].get(
+                "drop_last", 0)
+        else:  # every record over the length becomes pieces that fit
+            assert (e["records_split"] > 0) is (longest > e["global_max_length"])
+            assert e["samples"] > n or e["records_split"] == 0
+            assert "overlong" not in e["dropped_by_reason"]
+        assert e["steps_per_epoch"] == round(e["num_packs"] / ANALYSIS_EFF, 2)
+        assert e["optimizer_steps_per_epoch"] == -(-e["num_packs"] // ANALYSIS_EFF)
+        assert e["total_optimizer_steps"] == ANALYSIS_EPOCHS * e["optimizer_steps_per_epoch"]
         assert 0 < e["efficiency"] <= 1
-    by = {(e["global_max_length"], e["strategy"], e["buffer_size"]): e for e in sims}
-    assert by[(8000, DEFAULT_STRATEGY, None)]["num_packs"] <= by[(8000, "next_fit", None)]["num_packs"]
+    by = {(e["global_max_length"], e["strategy"], e["buffer_size"], e["overlong"]): e for e in sims}
+    assert by[(8000, DEFAULT_STRATEGY, None, "drop")]["num_packs"] <= by[(8000, "next_fit", None, "drop")]["num_packs"]
+    # at 4,000 tokens the sample's dense scenes are over the length: drop loses them, split keeps them
+    assert by[(4000, DEFAULT_STRATEGY, None, "drop")]["records_lost"] > 0
+    assert by[(4000, DEFAULT_STRATEGY, None, "split")]["records_lost"] == 0
 
 
 def test_recommendation_is_backed_by_its_simulation(analysed):
@@ -69,14 +81,18 @@ def test_recommendation_is_backed_by_its_simulation(analysed):
     rec = json.loads((out / "recommendations.json").read_text())
     sims = json.loads((out / "packing_simulations.json").read_text())
     r = rec["recommended"]
+    assert r["packing_overlong"] == "split"  # detection data
     chosen = next(e for e in sims if e["global_max_length"] == r["global_max_length"] and e["strategy"] == DEFAULT_STRATEGY
-                  and e["buffer_size"] is None)
+                  and e["buffer_size"] is None and e["overlong"] == "split")
     assert rec["why"]["efficiency"] == chosen["efficiency"]
-    assert rec["why"]["samples_dropped"] == chosen["samples_dropped"]
-    assert r["gradient_accumulation_steps"] == 8 // (1 * 2)
-    assert rec["padding_baseline"]["samples_per_step"] == 8
+    assert rec["why"]["records_lost"] == chosen["records_lost"] == 0  # a setting that trains every record fits
+    assert rec["why"]["records_split"] == chosen["records_split"]
+    assert r["global_max_length"] == min(c["global_max_length"] for c in rec["candidates"]
+                                         if c["fits_memory"] and c["records_lost"] == 0)
+    assert r["gradient_accumulation_steps"] == ANALYSIS_EFF // (1 * ANALYSIS_WORLD)
+    assert rec["padding_baseline"]["samples_per_step"] == ANALYSIS_EFF
     match = rec["match_padding_samples_per_step"]
-    assert match["effective_batch_size"] % 2 == 0
+    assert match["effective_batch_size"] % ANALYSIS_WORLD == 0
 
 
 def test_skip_policy_reports_bad_records_and_raise_names_them(tiny_model_dir, sample_dir, tmp_path):
@@ -124,8 +140,3 @@ def test_help_explains_every_flag(capsys):
     for flag in ("--model_path", "--train_jsonl", "--output_dir", "--max_samples", "--num_workers", "--on_error",
                  "--clear_cache", "--max_lengths", "--strategies", "--packing_buffer", "--effective_batch_size"):
         assert flag in text
-
-
-def test_auto_max_lengths_bracket_the_p99():
-    assert token_analysis.auto_max_lengths(np.array([7888.1])) == [12000, 16000, 20000, 24000]
-    assert token_analysis.auto_max_lengths(np.arange(1, 101)) == [1000]  # p99 99.01 -> all round up to 1,000

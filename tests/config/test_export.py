@@ -38,9 +38,10 @@ def test_flat_swift_args_exact(cfg):
         "use_cpu": False, "save_strategy": "steps", "save_steps": 500, "save_only_model": False, "logging_steps": 5,
         "add_version": True, "report_to": ["tensorboard"], "dataset_num_proc": 1, "max_pixels": 65536,
         "truncation_strategy": "delete", "dataset": ["data/train.jsonl"], "val_dataset": ["data/val.jsonl"],
-        "callbacks": ["swiftpack_save_delay"], "max_new_tokens": 8,
-        # packing on: the isolating template, and fresh dataloader workers each epoch (new pack order)
-        "template": "qwen3_vl_packing", "dataloader_persistent_workers": False}
+        "callbacks": ["swiftpack_save_delay", "swiftpack_eval_token_mean"], "max_new_tokens": 8,
+        # packing on: the isolating template, fresh dataloader workers each epoch (new pack order),
+        # and no second shuffle of the dealt packs
+        "template": "qwen3_vl_packing", "dataloader_persistent_workers": False, "train_dataloader_shuffle": False}
     assert "packing" not in C.flat_swift_args(r)  # ms-swift's own packing is never switched on
     argv = C.swift_argv(C.flat_swift_args(r, with_runtime_fields=True))
     assert argv[argv.index("--swiftpack_packing") + 1] == "True"

@@ -1,13 +1,9 @@
-"""save_delay_steps and the data-order record: real transformers flow objects, then a real run."""
+"""save_delay_steps and the data-order record with real transformers flow objects (the runs: tests/e2e)."""
 from __future__ import annotations
-
-import math
-import sys
 
 import pytest
 import torch
 
-from conftest import make_lvis_jsonl, read_jsonl, run, tiny_overrides
 from swift_plugins.training.callbacks import SaveDelayCallback, epoch_batches, save_allowed
 
 
@@ -47,18 +43,3 @@ def test_epoch_batches_reads_ms_swift_sampler_without_consuming_it():
     assert epoch_batches(loader) == expected  # the same again: no state consumed
     assert [b.tolist() for b in loader] == expected  # and what the loader then yields
     assert epoch_batches(object()) is None
-
-
-@pytest.mark.e2e
-def test_save_delay_steps_in_a_real_run(tiny_model_dir, tmp_path, subprocess_env):
-    """save_steps 1, save_delay_steps 2, max_steps 3 -> checkpoint-2 and checkpoint-3 only."""
-    data = make_lvis_jsonl(tmp_path / "data", 4)
-    out = tmp_path / "out"
-    code, log = run([sys.executable, "-m", "swift_plugins.sft", "--config", "configs/tiny/sft_padding.yaml",
-                     *tiny_overrides(tiny_model_dir, data.parent, out), "--training.max_steps", "3",
-                     "--training.save_steps", "1", "--training.save_delay_steps", "2",
-                     "--training.save_total_limit", "null", "--training.effective_batch_size", "2"], subprocess_env)
-    assert code == 0, log[-5000:]
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
-    losses = [float(r["loss"]) for r in read_jsonl(out / "logging.jsonl") if "loss" in r]
-    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)

@@ -63,8 +63,8 @@ def test_epochs_reorder_packs_deterministically(packing_template, sample_dir, tm
     assert a.order != epoch0 and sorted(map(tuple, a.order)) == sorted(map(tuple, epoch0))
     b.set_epoch(1)
     assert b.order == a.order
-    steps = a.step_stats(2)
-    assert sum(s["samples"] for s in steps) == sum(len(p) for p in sp.plan.packs)
+    item = a[3]  # what the collator and the packing metrics see of it
+    assert (item.position, item.samples, item.tokens) == (3, a.order[3], sum(int(sp.lengths[s]) for s in a.order[3]))
 
 
 def test_length_mismatch_is_a_hard_error_naming_the_record(packing_template, sample_dir, tmp_path):
