@@ -45,7 +45,7 @@ PACKING_BATCH_SIZE = 1000  # ms-swift 4.6 PackingDataset.PACKING_BATCH_SIZE
 CONFIGS = (
     ("", {}),
     (", buffer 256", {"buffer_size": 256}),
-    (", buffer 256, min_fill 0.7, drop_last (seeds' config)",
+    (", buffer 256, min_fill 0.7, drop_last (configs/dlora's)",
      {"buffer_size": 256, "min_fill_ratio": 0.7, "drop_last": True}),
     (f", buffer {PACKING_BATCH_SIZE}, min_fill 0.9", {"buffer_size": PACKING_BATCH_SIZE, "min_fill_ratio": 0.9}),
 )

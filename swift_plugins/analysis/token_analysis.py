@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("packing simulation")
     g.add_argument("--max_lengths", type=_int_list, default="auto",
                    help="comma-separated global_max_length values to simulate; auto: 1.5, 2, 2.5 and 3 x the "
-                        "p99 sample length rounded up to 1,000 (12k/16k/20k/24k for the seeds' LVIS)")
+                        "p99 sample length rounded up to 1,000 (12k/16k/20k/24k for LVIS rescale_32_768_poly_20)")
     g.add_argument("--strategies", type=_str_list, default=list(STRATEGIES), help=f"subset of {list(STRATEGIES)}")
     g.add_argument("--packing_buffer", type=int, default=256,
                    help=f"also simulate {DEFAULT_STRATEGY} planned in windows of this many samples (0 = skip)")

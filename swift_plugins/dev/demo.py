@@ -4,7 +4,14 @@
     2. exact token analysis + packing simulations      demo_output/analysis/
     3. figures and tables                              demo_output/analysis/figures/
     4. padding -> packing config migration             demo_output/sft_packed.yaml
-    5. a short packed training run (CPU, sdpa)         demo_output/train/
+    5. packed training on CPU, 2 optimizer steps       demo_output/train/   (--train_steps 0: one epoch)
+
+The plan holds every record of the bundled sample (dense scenes as pieces, so no object is
+dropped); the summary gives both accountings: records in = planned + skipped + lost, and the
+records the run actually trained, from the packs each step's batches held
+(``packing/served_rank0.jsonl``) mapped to their records (``packing/samples.json``). A full
+epoch is ~50 optimizer steps of the tiny model's 151,936-wide vocabulary: tens of minutes on
+2 CPU cores, hence 2 steps by default.
 
 Each step is the same command a user runs (printed before it runs), so the demo doubles as a
 walkthrough; see docs/migration.md for the real 4-GPU version.
@@ -42,18 +49,29 @@ def steps(out: str, train_steps: int) -> list[tuple[str, list[str]]]:
         ("migrate the padding config to packing", [
             py, "scripts/migrate_to_packing.py", "--padding_config", PADDING_CONFIG, "--analysis_dir", analysis,
             "--output", f"{out}/sft_packed.yaml", "--world_size", "1"]),
-        (f"packed training, {train_steps} optimizer steps on CPU", [
+        (f"packed training on CPU, {f'{train_steps} optimizer steps' if train_steps else 'one epoch'}", [
             py, "-m", "swift_plugins.sft", "--config", f"{out}/sft_packed.yaml", "--training.max_steps",
-            str(train_steps), "--training.output_dir", f"{out}/train", "--training.add_version", "false",
-            "--custom.val_jsonl", "null", "--training.save_steps", str(train_steps), "--training.logging_steps", "1"]),
+            str(train_steps) if train_steps else "null", "--training.num_train_epochs", "1", "--training.output_dir",
+            f"{out}/train", "--training.add_version", "false", "--custom.val_jsonl", "null",
+            "--training.save_steps", str(train_steps or 100000), "--training.logging_steps", "1",
+            "--training.log_data_order", "true"]),
     ]
+
+
+def trained_records(train_dir: pathlib.Path) -> tuple[int, int]:
+    """(records, samples) the run trained, from what each step's batches held (not from the plan)."""
+    samples = json.loads((train_dir / "packing" / "samples.json").read_text())
+    trained = [i for path in sorted((train_dir / "packing").glob("served_rank*.jsonl"))
+               for step in map(json.loads, path.read_text().splitlines()) for pack in step["samples"] for i in pack]
+    return len({samples["lines"][i] for i in trained}), len(trained)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run analysis -> figures -> migration -> packed training on the "
                                                  "bundled sample with the tiny model.")
     parser.add_argument("--output_dir", default="demo_output", help="where everything is written")
-    parser.add_argument("--train_steps", type=int, default=2, help="optimizer steps of the packed training")
+    parser.add_argument("--train_steps", type=int, default=2,
+                        help="optimizer steps of the packed training; 0: one full epoch (every record trained)")
     args = parser.parse_args(argv)
     repo = pathlib.Path(__file__).resolve().parents[2]
     os.chdir(repo)
@@ -72,7 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=== [{k}/{len(plan)}] done in {time.time() - started:.0f}s", flush=True)
     out = pathlib.Path(args.output_dir)
     summary = json.loads((out / "train" / "packing" / "summary.json").read_text())["train"]
-    print(f"\nDemo finished in {time.time() - t0:.0f}s. Outputs:")
+    records, samples = trained_records(out / "train")
+    planned = len(set(json.loads((out / "train" / "packing" / "samples.json").read_text())["lines"]))
+    lost = summary["records_read"] - summary["records_skipped"] - planned
+    print(f"\nDemo finished in {time.time() - t0:.0f}s. Records in {summary['records_read']} = in the plan {planned} "
+          f"(as {summary['samples_packed']} samples: {summary['records_split']} dense records split into pieces) + "
+          f"skipped {summary['records_skipped']} + lost {lost}; trained by this run: {records} records "
+          f"({samples} samples, {summary['optimizer_steps_per_epoch']} steps make the epoch). Outputs:")
     for path, what in [
         (out / "analysis" / "dataset_stats.json", "token statistics (text / image / total)"),
         (out / "analysis" / "packing_simulations.json", "packing simulations per length and strategy"),
@@ -81,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         (out / "analysis" / "figures", "token_distribution.png, packing_efficiency.png, comparison_table.md, "
                                        "memory_estimates.md"),
         (out / "sft_packed.yaml", "the migrated packing config"),
-        (out / "train", f"packed run: {summary['samples_packed']} samples in {summary['num_packs']} packs, "
-                        f"efficiency {summary['efficiency']:.1%}; logging.jsonl, packing/, checkpoint"),
+        (out / "train", f"packed run: {summary['samples_packed']} samples in {summary['num_packs']} packs of "
+                        f"{summary['global_max_length']} tokens, efficiency {summary['efficiency']:.1%}; "
+                        "logging.jsonl, packing/, checkpoint"),
     ]:
         print(f"  {path}  - {what}")
     return 0

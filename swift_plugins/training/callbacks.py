@@ -140,6 +140,18 @@ class PackingCallback(TrainerCallback):
             dataset.set_epoch(int(math.floor(state.epoch + 1e-9)))
         return control
 
+    def _served_log(self, args) -> str:
+        return os.path.join(args.output_dir, "packing", f"served_rank{args.process_index}.jsonl")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        dataset = self._dataset()
+        if dataset is not None and dataset.log_served and os.path.exists(self._served_log(args)):
+            # a fresh run starts an empty log; a resumed one keeps the steps before its checkpoint
+            with open(self._served_log(args), encoding="utf-8") as f:
+                kept = [line for line in f if json.loads(line)["step"] <= state.global_step]
+            atomic_write_text(self._served_log(args), "".join(kept))
+        return control
+
     def on_step_end(self, args, state, control, **kwargs):
         dataset = self._dataset()
         if dataset is None:
@@ -159,7 +171,7 @@ class PackingCallback(TrainerCallback):
         if dataset.log_served:
             record = {"step": state.global_step, "epoch": dataset.epoch, "positions": [r[0] for r in rows],
                       "samples": [[s for s in r[3:3 + r[1]]] for r in rows], "tokens": [r[2] for r in rows]}
-            path = os.path.join(args.output_dir, "packing", f"served_rank{args.process_index}.jsonl")
+            path = self._served_log(args)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:  # a log appended step by step, not a result file
                 f.write(json.dumps(record) + "\n")

@@ -42,7 +42,7 @@ def test_config_opens_with_its_launch_command(path):
     assert f"-m swift_plugins.sft --config {path}" in head, path
 
 
-def test_text_only_configs_match_the_seeds(monkeypatch):
+def test_text_only_configs_hold_the_lvis_run_settings(monkeypatch):
     monkeypatch.chdir(REPO)
     packed = C.resolve_config("configs/dlora/sft_text_only.yaml", world_size=4)
     t = packed.config.training
