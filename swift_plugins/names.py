@@ -20,6 +20,3 @@ CALLBACK_PACKING = "swiftpack_packing"
 CALLBACK_EVAL_TOKEN_MEAN = "swiftpack_eval_token_mean"
 # Our options travel as extra ms-swift argument fields named FIELD_PREFIX + option name.
 FIELD_PREFIX = "swiftpack_"
-
-REGISTERED_NAMES = (PACKING_TEMPLATE, OPTIMIZER_NAME, VARLEN_ATTENTION, CALLBACK_SAVE_DELAY, CALLBACK_DATA_ORDER,
-                    CALLBACK_PACKING, CALLBACK_EVAL_TOKEN_MEAN)

@@ -39,7 +39,7 @@ from swift_plugins.errors import run_main
 from swift_plugins.files import atomic_write_text
 
 __all__ = ["MEMORY_COLUMNS", "build_parser", "comparison_rows", "comparison_table_md", "main", "memory_estimates",
-           "memory_estimates_md", "parse_markdown_table", "summary_md", "write_report"]
+           "memory_estimates_md", "summary_md", "write_report"]
 
 
 def _padding_side(analysis: Analysis, setup: TrainingSetup) -> dict:
@@ -134,21 +134,6 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def parse_markdown_table(text: str, first_header: str) -> list[dict]:
-    """The first Markdown table whose first header cell is ``first_header``, as dicts (cells stripped)."""
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_header:
-            header, out = cells, []
-            for row in lines[i + 2:]:
-                if not row.startswith("|"):
-                    break
-                out.append(dict(zip(header, [c.strip() for c in row.strip().strip("|").split(" | ")])))
-            return out
-    raise ValueError(f"no table starting with column {first_header!r}")
 
 
 def _setup_lines(setup: TrainingSetup) -> list[str]:

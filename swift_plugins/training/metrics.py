@@ -22,7 +22,7 @@ samples that was, ``eval_tokens`` how many label tokens).
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -110,8 +110,6 @@ class BatchRecorder:
             loss_sum, tokens, samples = self._eval.tolist()
         finally:
             self._eval = None
-        metrics: dict[str, Any] = output.metrics
-        metrics[f"{metric_key_prefix}_token_mean_loss"] = loss_sum / tokens if tokens else float("nan")
-        metrics[f"{metric_key_prefix}_tokens"] = int(tokens)
-        metrics[f"{metric_key_prefix}_samples"] = int(samples)
+        values = (loss_sum / tokens if tokens else float("nan"), int(tokens), int(samples))
+        output.metrics.update({f"{metric_key_prefix}_{name}": v for name, v in zip(EVAL_METRICS, values)})
         return output

@@ -60,13 +60,28 @@ def monkeypatch_module():
     mp.undo()
 
 
+def parse_markdown_table(text: str, first_header: str) -> list[dict]:
+    """The first Markdown table whose first header cell is ``first_header``, as dicts (cells stripped)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_header:
+            header, out = cells, []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                out.append(dict(zip(header, [c.strip() for c in row.strip().strip("|").split(" | ")])))
+            return out
+    raise ValueError(f"no table starting with column {first_header!r}")
+
+
 def num(cell: str) -> float:
     """'1,234' / '45.35%' / '128.0' -> float (percent stays in percent units)."""
     return float(cell.replace(",", "").rstrip("%"))
 
 
 def table(path, first):
-    rows = report.parse_markdown_table(path.read_text(), first)
+    rows = parse_markdown_table(path.read_text(), first)
     return {r[first]: r for r in rows} if first == "parameter" else rows
 
 
@@ -145,7 +160,7 @@ def test_comparison_table_numbers_are_the_analysis_numbers(default_report, data)
 
 def test_memory_estimates_equal_memory_table_and_carry_the_module_docstring(default_report, data, tiny_model_dir):
     text = (default_report / "memory_estimates.md").read_text()
-    rows = report.parse_markdown_table(text, "max_length")
+    rows = parse_markdown_table(text, "max_length")
     setup = MemorySetup(**data["rec"]["memory"]["setup"])
     expected = memory_table(ModelShape.from_config(tiny_model_dir), LENGTHS, setup)
     assert [num(r["max_length"]) for r in rows] == list(LENGTHS)
@@ -163,12 +178,12 @@ def test_summary_has_recommendation_stats_and_every_simulation(default_report, a
     stats, sims, rec = data["stats"], data["sims"], data["rec"]
     L = rec["recommended"]["global_max_length"]
     assert f"global_max_length: {L}\n" in text and rec["reason"] in text
-    st = {r["statistic"]: r for r in report.parse_markdown_table(text, "statistic")}
+    st = {r["statistic"]: r for r in parse_markdown_table(text, "statistic")}
     for name in ("mean", "median", "min", "p95", "p99", "max", "sum"):
         for col, key in (("total tokens", "total_tokens"), ("text tokens", "text_tokens"),
                          ("image tokens", "image_tokens"), ("objects", "num_objects")):
             assert num(st[name][col]) == stats[f"{name}_{key}"], (name, col)
-    sim_rows = report.parse_markdown_table(text, "max_length")
+    sim_rows = parse_markdown_table(text, "max_length")
     assert len(sim_rows) == len(sims)
     for row, e in zip(sim_rows, sims):
         assert (num(row["max_length"]), row["strategy"], row["overlong"], num(row["records split"]),
@@ -203,7 +218,7 @@ def test_config_supplies_the_training_setup(dlora_report, data, tiny_model_dir, 
     assert num(t["total_optimizer_steps"]["packing"]) == math.ceil(pt.num_train_epochs * per_epoch)
     assert num(t["records lost (not trained)"]["packing"]) == e["records_lost"]
     assert f"padding_overhead, shuffled (seed {pt.data_seed})" in t
-    mem = report.parse_markdown_table((dlora_report / "memory_estimates.md").read_text(), "max_length")
+    mem = parse_markdown_table((dlora_report / "memory_estimates.md").read_text(), "max_length")
     want = memory_table(ModelShape.from_config(tiny_model_dir), LENGTHS,
                         MemorySetup(tuner="dora" if cfg.tuner.use_dora else cfg.tuner.tuner_type,
                                     lora_rank=cfg.tuner.lora_rank,
