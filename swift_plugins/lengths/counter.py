@@ -133,7 +133,7 @@ class LengthCounter:
 
             count_messages([{"role": "user", "content": "<image>Hi"},
                             {"role": "assistant", "content": "Yes"}], [(640, 480)])
-            -> SampleLength(text_tokens=TEXT, image_tokens=300)    # 300 = (480/32) * (640/32)
+            -> SampleLength(text_tokens=17, image_tokens=300)    # 300 = (480/32) * (640/32)
         """
         return self.count_messages_batch([(messages, image_sizes)])[0]
 
