@@ -135,3 +135,15 @@ def test_resize_refusal_is_a_record_error(counter, tmp_path):
     assert (info.value.field, info.value.kind) == ("images[1]", "image_size")
     assert info.value.message == ("absolute aspect ratio must be smaller than 100, got 199 for 1990x10 "
                                   "(fix or drop the image)")
+
+
+def test_bundled_messages_sample_counts_equal_template_encode(tiny_template, counter, repo_root):
+    from swift_plugins.data import messages_to_swift_row
+
+    folder = repo_root / "public_data" / "messages" / "sample"
+    for split in ("train", "val"):
+        res = count_dataset(folder / f"{split}.jsonl", counter, record_format="messages")
+        records = list(iter_records(folder / f"{split}.jsonl"))
+        assert len(res) == len(records) == {"train": 40, "val": 10}[split]
+        for (line, rec), total in zip(records, res.total_tokens.tolist()):
+            assert len(tiny_template.encode(messages_to_swift_row(rec, base_dir=folder))["input_ids"]) == total, line
