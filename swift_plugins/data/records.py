@@ -145,8 +145,6 @@ def record_kind(record: Any, record_format: str = "auto", *, path: str = "<recor
                           "(write exactly one JSON object per line)", "not_an_object")
     has_messages = "messages" in record
     lvis_keys = [k for k in _LVIS_ONLY_KEYS if k in record]
-    both = f"a messages record has {_keys(MESSAGES_KEYS)}; an LVIS record has {_keys(LVIS_KEYS)}"
-    got = f"got keys {_keys(record) or 'none'}"
     if record_format == "auto":
         if has_messages and len(lvis_keys) == len(_LVIS_ONLY_KEYS):
             raise RecordError(path, line, "<record>", f'has both "messages" and the LVIS keys {_keys(lvis_keys)} '
@@ -154,16 +152,25 @@ def record_kind(record: Any, record_format: str = "auto", *, path: str = "<recor
                               "ambiguous_format")
         if has_messages or lvis_keys:
             return "messages" if has_messages else "lvis"
+        both, got = _key_sets(record)
         raise RecordError(path, line, "<record>", f"fits neither record format: {both}; {got} "
                           "(write one of the two formats, see public_data/README.md)", "unknown_format")
     if record_format == "messages" and not has_messages:
+        both, got = _key_sets(record)
         raise RecordError(path, line, "<record>", f'record_format is messages but the record has no "messages"; '
                           f"{both}; {got} (write the conversation as \"messages\", or set record_format to lvis "
                           "or auto)", "unknown_format")
     if record_format == "lvis" and has_messages and not lvis_keys:
+        both, got = _key_sets(record)
         raise RecordError(path, line, "<record>", f"record_format is lvis but this is a messages record; {both}; "
                           f"{got} (set record_format to messages or auto)", "unknown_format")
     return record_format
+
+
+def _key_sets(record: dict) -> tuple[str, str]:
+    """Both formats' keys and the record's, for the messages of an unfitting record."""
+    return (f"a messages record has {_keys(MESSAGES_KEYS)}; an LVIS record has {_keys(LVIS_KEYS)}",
+            f"got keys {_keys(record) or 'none'}")
 
 
 def _keys(keys) -> str:

@@ -105,7 +105,9 @@ class LengthCounter:
             self._tok = Tokenizer.from_str(self._tok.to_str())
             self._tok.no_truncation()
             self._tok.no_padding()
-        return self._tok.encode_batch(list(texts), add_special_tokens=False)
+        # encode_batch_fast (tokenizers >= 0.21): the same ids without character offsets, ~25% faster
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return encode(list(texts), add_special_tokens=False)
 
     def image_tokens(self, width: int, height: int) -> int:
         return self.rule.tokens(width, height)
