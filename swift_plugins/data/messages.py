@@ -21,16 +21,18 @@ Rules (each broken rule is one ``path:line: field: what is wrong (fix)`` with a 
   (``image_missing``, ``image_unreadable``) with an aspect ratio ms-swift's resize accepts
   (``aspect_ratio``).
 - Not supported yet, and named as such instead of being dropped: ``videos`` / ``audios`` /
-  ``tools`` / ``objects`` / a top-level ``system``, per-message ``loss`` / ``loss_scale`` /
+  ``tools`` / ``objects`` / a top-level ``system`` / the singular ``image`` / ``video`` /
+  ``audio`` columns ms-swift's loader also reads, per-message ``loss`` / ``loss_scale`` /
   ``tool_calls``, remote or inline images (``unsupported_field``); tool roles
   (``unsupported_role``); ``<video>`` / ``<audio>`` tags and ``<img>...</img>`` in a record
   without images (``unsupported_tag``); Qwen's chat / vision control tokens and ms-swift's round
   placeholders written as text (``reserved_text``), which ms-swift would not encode as text.
 
-Other keys of the record and of a message are allowed and ignored. The row
-:func:`messages_to_swift_row` gives ms-swift keeps the system prompt as the leading system
-message (ms-swift's ``StdTemplateInputs.from_dict`` pops it into the template's system slot) and
-makes every image path absolute.
+Other keys of the record and of a message are allowed and ignored. Relative image paths resolve
+against the JSONL's folder (ms-swift itself would try the working directory or ``ROOT_IMAGE_DIR``).
+The row :func:`messages_to_swift_row` gives ms-swift keeps the system prompt as the leading
+system message (ms-swift's ``StdTemplateInputs.from_dict`` pops it into the template's system
+slot) and makes every image path absolute, so it works from any working directory.
 """
 from __future__ import annotations
 
@@ -59,6 +61,10 @@ UNSUPPORTED_RECORD_FIELDS = {
                 "drop the key and write the boxes as text in the assistant turn"),
     "system": ("a top-level system prompt is not read here",
                'make it the first message: {"role": "system", "content": ...}'),
+    # ms-swift's loader also takes the singular column names as images / videos / audios
+    "image": ('a singular "image" key is not read here', 'write "images": ["path/to/image.jpg", ...]'),
+    "video": ("video inputs are not supported yet", "drop the key, or train this data with plain ms-swift"),
+    "audio": ("audio inputs are not supported yet", "drop the key, or train this data with plain ms-swift"),
 }
 # Per-message keys that change ms-swift's loss layout (and so how it tokenizes): not supported yet.
 UNSUPPORTED_MESSAGE_FIELDS = ("loss", "loss_scale", "tool_calls")

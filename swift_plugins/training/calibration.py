@@ -1,6 +1,6 @@
 """Template calibration: what the pure length counter needs from ms-swift, measured once.
 
-The counter (``swift_plugins.lengths``) is pure; three facts come from the real template::
+The counter (``swift_plugins.lengths``) is pure; four facts come from the real template::
 
     tokenizer        template.processor.tokenizer.backend_tokenizer (shared, not re-parsed)
     image rule       patch / merge from the processor, pixel limits as ms-swift patched them
@@ -12,7 +12,9 @@ The counter (``swift_plugins.lengths``) is pure; three facts come from the real 
                      system_prefix / prompt / chat_sep / suffix, replace_tag's image string and
                      the loss-scale layout read off the template; the fast count's constants
                      measured by encoding calibration rows; both counts then checked against
-                     template.encode on awkward calibration rows (raises on any difference)
+                     template.encode on awkward calibration rows. A template laid out otherwise
+                     gives no layout (``counter.chat_error`` says why): LVIS records still count,
+                     messages records are refused with that reason
 
 :func:`load_counter` caches these (keyed by the model's tokenizer / processor / config files,
 template, max_pixels, the resize environment variables, package versions and the counting code),
@@ -35,8 +37,8 @@ from swift_plugins.lengths.counter import LengthCounter
 from swift_plugins.lengths.dataset import CACHE_FORMAT, code_digest
 from swift_plugins.lengths.image_rule import ImageTokenRule
 
-__all__ = ["CHAT_PROBES", "LOSS_LAYOUTS", "ChatLayoutError", "RESIZE_ENV_VARS", "chat_frame", "counter_cache_key", "counter_from_template",
-           "image_rule_from_template", "load_counter", "load_template", "measure_frame"]
+__all__ = ["CHAT_PROBES", "LOSS_LAYOUTS", "RESIZE_ENV_VARS", "ChatLayoutError", "chat_frame", "counter_cache_key",
+           "counter_from_template", "image_rule_from_template", "load_counter", "load_template", "measure_frame"]
 
 IMAGE_PAD_TOKEN = "<|image_pad|>"
 CALIBRATION_IMAGE = (64, 64)  # in-memory calibration images: 4 tokens each for Qwen3-VL
@@ -123,7 +125,12 @@ CHAT_PROBES = (
 def chat_frame(template, counter: LengthCounter) -> ChatFrame:
     """The template's chat layout for :meth:`LengthCounter.count_messages`, read off the template,
     its constants measured by encoding, checked on :data:`CHAT_PROBES`; ``ChatLayoutError`` if the
-    template lays conversations out otherwise (a setting, a piece that is not text, a mismatch)."""
+    template lays conversations out otherwise (a setting, a piece that is not text, a mismatch).
+
+    qwen3_vl on the tiny model: prompt ``"<|im_start|>user\n{{QUERY}}<|im_end|>\n<|im_start|>assistant\n"``,
+    heads ``"system\n"`` / ``"user\n"`` / ``"assistant\n"``, losses (0, 1, 1) and constants
+    first_turn 8, next_turn 8, system 3, per_image 2.
+    """
     from PIL import Image
     from swift.loss_scale import LossScale
     from swift.template.template_inputs import StdTemplateInputs

@@ -102,6 +102,8 @@ CASES = [
      "as text in the assistant turn)"),
     (m(U("<image>"), A("x"), system="Be brief."), "unsupported_field", "system",
      'a top-level system prompt is not read here (make it the first message: {"role": "system", "content": ...})'),
+    (m(U("Hi"), A("x"), images=(), image="img.png"), "unsupported_field", "image",
+     'a singular "image" key is not read here (write "images": ["path/to/image.jpg", ...])'),
     ({"conversations": [], "image": "img.png"}, "unknown_format", "<record>",
      'fits neither record format: a messages record has "messages", "images"; an LVIS record has "images", '
      '"width", "height", "objects"; got keys "conversations", "image" (write one of the two formats, see '
