@@ -5,7 +5,7 @@
     .venv/bin/python bench/bench_token_analysis.py --skip_analysis --skip_compare --profile
     .venv/bin/python bench/bench_token_analysis.py --skip_analysis --compare_records 2000 --profile_ours
     .venv/bin/python bench/bench_token_analysis.py --model_path M --synthetic_dir D --repeat 3
-    .venv/bin/python bench/bench_token_analysis.py --skip_analysis --skip_compare --messages_records 2000  # D only
+    .venv/bin/python bench/bench_token_analysis.py --skip_analysis --skip_compare       # D only (3,000 records)
 
 Parts (each timed ``--repeat`` times, best reported):
   A  cold analysis   ``scripts/analyze_token_lengths.py`` on the 99,388-record synthetic LVIS-like
@@ -505,7 +505,7 @@ def main(argv=None) -> int:
                     help="records for the ms-swift comparison (the bundled 200 cycled)")
     ap.add_argument("--skip_analysis", action="store_true", help="skip parts A and B")
     ap.add_argument("--skip_compare", action="store_true", help="skip part C (no ms-swift import in this process)")
-    ap.add_argument("--messages_records", type=int, default=2000,
+    ap.add_argument("--messages_records", type=int, default=3000,
                     help="records for part D (the bundled messages sample's 50 rows cycled)")
     ap.add_argument("--skip_messages", action="store_true", help="skip part D (messages records vs ms-swift)")
     ap.add_argument("--swift_map", action="store_true",

@@ -238,7 +238,9 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
     """Exact lengths of every valid record of ``path`` (see module docstring).
 
     ``record_format``: auto (each record by its keys), lvis or messages. ``options`` (the
-    conversation options) apply to LVIS records only. ``check_images=False`` spares LVIS records
+    conversation options) apply to LVIS records only. auto and lvis need the counter's LVIS frame
+    for the prompt (measured by ``counter_from_template``, cached by ``load_counter``), messages
+    only its chat layout. ``check_images=False`` spares LVIS records
     the disk; a messages record's image headers are read regardless (its sizes come from them).
     ``max_records`` > 0 reads only the first that many records (a quick look). ``progress`` is
     called with the number of lines done after each chunk. With ``report_path`` the skip report
