@@ -7,6 +7,7 @@ sizes, and each image's size read from its header only.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 
 import pytest
@@ -23,7 +24,7 @@ def records(tmp_path_factory):
     folder = tmp_path_factory.mktemp("awkward")
     recs = awkward_messages_records(folder)
     path = folder / "train.jsonl"
-    path.write_text("".join(__import__("json").dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
     assert [r for _, r in iter_records(path)] == recs  # every hand-made record is valid
     return folder, recs
 
