@@ -1,10 +1,11 @@
 """Benchmark the exact token-length analysis against ms-swift 4.6's own way of getting lengths.
 
-    .venv/bin/python bench/bench_token_analysis.py                  # A, B, C (124 s on 2 shared cores)
+    .venv/bin/python bench/bench_token_analysis.py                  # A, B, C (124 s on 2 shared cores), then D
     .venv/bin/python bench/bench_token_analysis.py --skip_analysis --swift_map   # C + datasets.map
     .venv/bin/python bench/bench_token_analysis.py --skip_analysis --skip_compare --profile
     .venv/bin/python bench/bench_token_analysis.py --skip_analysis --compare_records 2000 --profile_ours
     .venv/bin/python bench/bench_token_analysis.py --model_path M --synthetic_dir D --repeat 3
+    .venv/bin/python bench/bench_token_analysis.py --skip_analysis --skip_compare       # D only (3,000 records)
 
 Parts (each timed ``--repeat`` times, best reported):
   A  cold analysis   ``scripts/analyze_token_lengths.py`` on the 99,388-record synthetic LVIS-like
@@ -26,6 +27,13 @@ Parts (each timed ``--repeat`` times, best reported):
                      ours: ``counter_from_template`` + ``count_dataset`` with an empty
                      cache (image headers checked). Counts must be equal record by record.
                      Target: ours >= 20x faster.
+  D  messages        the bundled messages-format sample (public_data/messages/sample: captions, VQA,
+                     grounding, two-image and multi-turn rows, system prompts; 58 real JPEG/PNG
+                     images of awkward sizes) cycled to ``--messages_records``; as C: ms-swift's
+                     ``AddLengthPreprocessor.preprocess`` per row (torch default threads and 1
+                     thread) against ours: ``counter_from_template`` (incl. the chat-layout
+                     calibration) + ``count_dataset(record_format="messages")`` with an empty
+                     cache (image headers read). Counts equal record by record. Target: >= 20x.
 
 Memory of a subprocess: "tree RSS" is the peak over time of the summed RSS of the process and
 all its descendants (psutil, polled every 20 ms; shared pages count once per process, so it
@@ -54,6 +62,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 SAMPLE_DIR = os.path.join(ROOT, "public_data", "lvis", "sample")
+MESSAGES_SAMPLE_DIR = os.path.join(ROOT, "public_data", "messages", "sample")
 SYNTHETIC_RECORDS = 99_388
 TARGET_COLD_S, TARGET_COLD_GIB, TARGET_WARM_S, TARGET_RATIO = 60.0, 2.0, 5.0, 20.0
 GIB = 1 << 30
@@ -150,15 +159,17 @@ def prepare_inputs(args) -> tuple[str, str]:
     return model, jsonl
 
 
-def cycled_sample(work_dir: str, n: int) -> str:
-    """The bundled sample's records cycled to ``n`` lines, next to a link to its images folder."""
-    out_dir = os.path.join(work_dir, f"sample_x{n}")
+def cycled_sample(work_dir: str, n: int, sample_dir: str = SAMPLE_DIR, splits=("train",), tag: str = "sample") -> str:
+    """A bundled sample's records (of ``splits``) cycled to ``n`` lines, next to a link to its images folder."""
+    out_dir = os.path.join(work_dir, f"{tag}_x{n}")
     os.makedirs(out_dir, exist_ok=True)
     link = os.path.join(out_dir, "images")
     if not os.path.islink(link):
-        os.symlink(os.path.join(SAMPLE_DIR, "images"), link)
-    with open(os.path.join(SAMPLE_DIR, "train.jsonl"), "rb") as f:
-        lines = [line.rstrip(b"\r\n") + b"\n" for line in f if line.strip()]
+        os.symlink(os.path.join(sample_dir, "images"), link)
+    lines = []
+    for split in splits:
+        with open(os.path.join(sample_dir, f"{split}.jsonl"), "rb") as f:
+            lines += [line.rstrip(b"\r\n") + b"\n" for line in f if line.strip()]
     path = os.path.join(out_dir, "train.jsonl")
     with open(path, "wb") as f:
         f.writelines(lines[i % len(lines)] for i in range(n))
@@ -312,19 +323,81 @@ def compare_with_swift(args, model: str) -> dict:
     return result
 
 
+# ------------------------------------------------------------------------------ part D
+def compare_messages_with_swift(args, model: str) -> dict:
+    """Part D: the messages sample cycled to ``--messages_records``; ms-swift per row vs ours."""
+    import torch
+    from swift.dataset import AddLengthPreprocessor
+
+    from swift_plugins import data
+    from swift_plugins.lengths import count_dataset, image_rule
+    from swift_plugins.training.calibration import counter_from_template, load_template
+
+    path = cycled_sample(args.work_dir, args.messages_records, MESSAGES_SAMPLE_DIR, ("train", "val"), "messages")
+    base_dir = os.path.dirname(path)
+    t0 = time.perf_counter()
+    template = load_template(model)
+    t_template = time.perf_counter() - t0
+    records = [r for _, r in data.iter_records(path, record_format="messages")]
+    rows = [data.messages_to_swift_row(r, base_dir=base_dir) for r in records]
+    n, n_images = len(rows), sum(len(r["images"]) for r in rows)
+    n_turns = sum(sum(m["role"] == "assistant" for m in r["messages"]) for r in rows)
+
+    def swift_lengths():
+        pre = AddLengthPreprocessor(template=template)
+        return [pre.preprocess(dict(row))["lengths"][0] for row in rows]
+
+    def ours_lengths():
+        image_rule._resized_size.cache_clear()  # nothing carried over from the previous repeat
+        with tempfile.TemporaryDirectory(dir=args.work_dir) as cache:  # empty cache: a real count
+            counter = counter_from_template(template)  # includes the chat-layout calibration
+            res = count_dataset(path, counter, check_images=True, cache_dir=cache, record_format="messages")
+        assert not res.from_cache and int(res.kind.min()) == 1
+        return res.total_tokens.tolist()
+
+    default_threads = torch.get_num_threads()
+    thread_settings = sorted({default_threads, 1}, reverse=True)
+    swift_times = {t: [] for t in thread_settings}
+    ours_times, swift_outs = [], []
+    for rep in range(args.repeat):
+        for threads in thread_settings:
+            torch.set_num_threads(threads)
+            load = load_avg()
+            t0 = time.perf_counter()
+            swift_outs.append(swift_lengths())
+            swift_times[threads].append((time.perf_counter() - t0, load))
+            torch.set_num_threads(default_threads)
+            print(f"  rep {rep}: ms-swift, torch threads {threads}: {swift_times[threads][-1][0]:.2f}s [load {load}]",
+                  flush=True)
+        load = load_avg()
+        t0 = time.perf_counter()
+        ours_out = ours_lengths()
+        ours_times.append((time.perf_counter() - t0, load))
+        print(f"  rep {rep}: ours {ours_times[-1][0]:.3f}s [load {load}]", flush=True)
+    for swift_out in swift_outs:
+        if swift_out != ours_out:
+            diff = [i for i, (a, b) in enumerate(zip(swift_out, ours_out)) if a != b]
+            raise SystemExit(f"messages counts differ on records (0-based) {diff[:10]}")
+    print(f"  counts identical on all {n} messages records in every run (sum {sum(ours_out):,} tokens)")
+    return {"n": n, "images": n_images, "turns": n_turns, "template_s": t_template, "swift": swift_times,
+            "ours": ours_times, "total_tokens": sum(ours_out)}
+
+
 # ------------------------------------------------------------------------------ report
 def best(runs: list[dict], **match) -> dict:
     sel = [r for r in runs if all(r[k] == v for k, v in match.items())]
     return min(sel, key=lambda r: r["wall"])
 
 
-def report(args, runs: list[dict], cmp: dict | None) -> list[str]:
+def report(args, runs: list[dict], cmp: dict | None, msg_cmp: dict | None = None) -> list[str]:
     lines, verdicts = [], {}
     met = lambda ok: "met" if ok else "MISSED"  # noqa: E731
     if runs:
         lines += analysis_table(args, runs, verdicts, met)
     if cmp:
         lines += compare_table(args, cmp, verdicts, met)
+    if msg_cmp:
+        lines += compare_table(args, msg_cmp, verdicts, met, messages=True)
     if verdicts:
         lines.append("")
         lines.append("Targets: " + ", ".join(f"{k} {met(v)}" for k, v in verdicts.items()))
@@ -361,17 +434,23 @@ def analysis_table(args, runs: list[dict], verdicts: dict, met) -> list[str]:
     return lines
 
 
-def compare_table(args, cmp: dict, verdicts: dict, met) -> list[str]:
+def compare_table(args, cmp: dict, verdicts: dict, met, messages: bool = False) -> list[str]:
     lines = []
     o_best = min(cmp["ours"])
     s_rows = {t: min(v) for t, v in cmp["swift"].items()}
     s_best = min(s_rows.values())
     ratio = s_best[0] / o_best[0]
-    verdicts["ratio"] = ratio >= TARGET_RATIO
+    verdict = "messages ratio" if messages else "ratio"
+    verdicts[verdict] = ratio >= TARGET_RATIO
     n = cmp["n"]
     lines.append("")
-    lines.append(f"#### ms-swift lengths vs ours, {n:,} records with real JPEGs (bundled sample cycled; "
-                 f"best of {args.repeat}; counts identical record by record)")
+    if messages:
+        lines.append(f"#### ms-swift lengths vs ours, {n:,} messages records ({cmp['images']:,} real JPEG/PNG images, "
+                     f"{cmp['turns']:,} assistant turns; bundled messages sample cycled; best of {args.repeat}; "
+                     "counts identical record by record)")
+    else:
+        lines.append(f"#### ms-swift lengths vs ours, {n:,} records with real JPEGs (bundled sample cycled; "
+                     f"best of {args.repeat}; counts identical record by record)")
     lines.append("")
     lines.append("| method | seconds | ms / record | time / ours | load avg at start |")
     lines.append("|---|---:|---:|---:|---|")
@@ -382,15 +461,16 @@ def compare_table(args, cmp: dict, verdicts: dict, met) -> list[str]:
         m = cmp["swift_map"]
         lines.append(f"| ms-swift 4.6 AddLengthPreprocessor via datasets.map (num_proc 1: one forked worker) | "
                      f"{m[0]:.2f} | {1000 * m[0] / n:.2f} | {m[0] / o_best[0]:.1f} | {m[1]} |")
-    lines.append(f"| ours: counter_from_template + count_dataset, empty cache, image headers checked | "
-                 f"{o_best[0]:.3f} | {1000 * o_best[0] / n:.3f} | 1.0 | {o_best[1]} |")
+    ours = ("counter_from_template (chat layout calibrated) + count_dataset(record_format messages), empty cache, "
+            "image headers read") if messages else "counter_from_template + count_dataset, empty cache, image headers checked"
+    lines.append(f"| ours: {ours} | {o_best[0]:.3f} | {1000 * o_best[0] / n:.3f} | 1.0 | {o_best[1]} |")
     lines.append("")
     lines.append("All runs (s): " + "; ".join(
         [f"ms-swift threads {t}: " + " / ".join(f"{x[0]:.2f}" for x in v) for t, v in cmp["swift"].items()]
         + ["ours: " + " / ".join(f"{x[0]:.3f}" for x in cmp["ours"])]) + ".")
     lines.append(f"Both start from the same loaded template (load_template: {cmp['template_s']:.1f} s, not counted). "
                  f"Speed-up against ms-swift's fastest run: {ratio:.2f}x, target >= {TARGET_RATIO:g}x: "
-                 f"{met(verdicts['ratio'])}.")
+                 f"{met(verdicts[verdict])}.")
     return lines
 
 
@@ -425,6 +505,9 @@ def main(argv=None) -> int:
                     help="records for the ms-swift comparison (the bundled 200 cycled)")
     ap.add_argument("--skip_analysis", action="store_true", help="skip parts A and B")
     ap.add_argument("--skip_compare", action="store_true", help="skip part C (no ms-swift import in this process)")
+    ap.add_argument("--messages_records", type=int, default=3000,
+                    help="records for part D (the bundled messages sample's 50 rows cycled)")
+    ap.add_argument("--skip_messages", action="store_true", help="skip part D (messages records vs ms-swift)")
     ap.add_argument("--swift_map", action="store_true",
                     help="also time ms-swift's full AddLengthPreprocessor datasets.map path once")
     ap.add_argument("--profile", action="store_true",
@@ -450,10 +533,15 @@ def main(argv=None) -> int:
         print(f"C: ms-swift AddLengthPreprocessor vs ours on {args.compare_records} records with real images, "
               f"{args.repeat} repeats")
         cmp = compare_with_swift(args, model)
+    msg_cmp = None
+    if not args.skip_messages:
+        print(f"D: ms-swift AddLengthPreprocessor vs ours on {args.messages_records} messages records with real "
+              f"images, {args.repeat} repeats")
+        msg_cmp = compare_messages_with_swift(args, model)
     if args.profile:
         run_profile(args, model, jsonl)
     print()
-    print("\n".join(report(args, runs, cmp)))
+    print("\n".join(report(args, runs, cmp, msg_cmp)))
     print(f"\nbench total {time.perf_counter() - t_all:.0f}s; load avg at end {load_avg()}")
     return 0
 

@@ -209,3 +209,93 @@ def run(cmd, env, timeout=600):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+
+
+# --------------------------------------------------------------------------- messages-format helpers
+# Merges the tiny BPE lacks but Qwen's has ("\n\n", "  ", " \n", ...): with them a string tokenizes
+# differently when ms-swift joins it to "user\n" / "assistant\n" than when it tokenizes it apart,
+# so exactness tests on seams can fail (on the plain tiny tokenizer whitespace never merges).
+SEAM_MERGES = (("Ċ", "Ċ"), ("Ġ", "Ġ"), ("Ġ", "Ċ"), ("ĊĊ", "Ċ"), ("ĠĠ", "ĠĠ"))
+
+
+@pytest.fixture(scope="session")
+def seam_model_dir(tiny_model_dir, tmp_path_factory) -> pathlib.Path:
+    """The tiny model with :data:`SEAM_MERGES` added to its BPE, on unused vocab ids (same vocab size)."""
+    out = tmp_path_factory.mktemp("models") / "tiny-qwen3-vl-seams"
+    out.mkdir()
+    for p in pathlib.Path(tiny_model_dir).iterdir():
+        (out / p.name).symlink_to(p) if p.name == "model.safetensors" else (out / p.name).write_bytes(p.read_bytes())
+    tok = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab, merges = tok["model"]["vocab"], tok["model"]["merges"]
+    unused = sorted((i for t, i in vocab.items() if t.startswith("<|swiftpack_unused_")), reverse=True)
+    by_id = {i: t for t, i in vocab.items()}
+    for (a, b), i in zip(SEAM_MERGES, unused):
+        del vocab[by_id[i]]
+        vocab[a + b] = i
+        merges.append([a, b])
+    (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def seam_template(seam_model_dir):
+    """ms-swift's qwen3_vl template (train mode) over the seam tokenizer."""
+    from swift_plugins.training.calibration import load_template
+
+    return load_template(seam_model_dir)
+
+
+def save_image(path, size, mode: str = "RGB", **save_kwargs) -> pathlib.Path:
+    """A real image file of ``size`` (w, h) in ``mode``; the format follows the suffix."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    color = {"RGB": (200, 30, 60), "RGBA": (10, 200, 30, 128), "L": 90, "P": 3, "1": 1}[mode]
+    Image.new(mode, size, color).save(path, **save_kwargs)
+    return path
+
+
+def msg(role: str, content) -> dict:
+    return {"role": role, "content": content}
+
+
+# Awkward image files for exactness tests: sides not multiples of 32, below min pixels, wide and
+# tall aspect ratios, palette / grayscale / alpha modes, JPEG and PNG.
+AWKWARD_IMAGES = {"wide.png": ((1000, 30), "RGB"), "tall.jpg": ((30, 1000), "L"), "tiny.png": ((10, 10), "P"),
+                  "odd.png": ((641, 479), "RGBA"), "small.jpg": ((33, 33), "RGB"), "mid.png": ((700, 500), "RGB")}
+
+
+def awkward_messages_records(folder) -> list[dict]:
+    """Hand-made messages records over :data:`AWKWARD_IMAGES` (written into ``folder/img``)."""
+    for name, (size, mode) in AWKWARD_IMAGES.items():
+        save_image(pathlib.Path(folder) / "img" / name, size, mode)
+    u, a, s = (lambda c: msg("user", c)), (lambda c: msg("assistant", c)), (lambda c: msg("system", c))
+    words = "the red cup sits left of a 12 cm box; café naïve 日本語 🐱 [3, 4]\n".split(" ")
+    long_q = " ".join(words[i % len(words)] for i in range(600))
+    long_a = " ".join(words[(7 * i) % len(words)] for i in range(1400))
+    return [
+        {"messages": [u("<image>Describe the image."), a("A red square on a blue background.")],
+         "images": ["img/odd.png"]},
+        {"messages": [s("You are a careful annotator."), u("Compare <image> and <image>."), a("The first is wider.")],
+         "images": ["img/wide.png", "img/tall.jpg"]},
+        {"messages": [u("<image>What is this?"), a("A cat."), u("And this one?<image>"), a("A dog."),
+                      u("Which is bigger?"), a("The dog.")], "images": ["img/tiny.png", "img/small.jpg"]},
+        {"messages": [s("\n\n  System with newlines \n"), u("\n\n<image>\n\nLook closely.  \n"),
+                      a("\n\n  Leading newlines and spaces.\n\n"), u("  \n<image>"), a("   x  \n  \n")],
+         "images": ["img/mid.png", "img/odd.png"]},
+        {"messages": [u("<image>Qu'est-ce que c'est ? 日本語のテキスト 🐱 nai\u0308ve e\u0301"),
+                      a("\u0301C'est un chat \u2014 猫 🐱 café\u00a0!")], "images": ["img/small.jpg"]},
+        {"messages": [s("Answer at length."), u(long_q + "<image>" + long_q), a(long_a)], "images": ["img/mid.png"]},
+        {"messages": [u("<image>Find the cup. Answer with JSON."),
+                      a('[{"bbox_2d": [12, 40, 96, 130], "label": "cup"}, {"bbox_2d": [0, 0, 640, 479], '
+                        '"label": "table"}]')], "images": ["img/odd.png"]},
+        {"messages": [u("What is 2+2?"), a("4")]},
+        {"messages": [u("Two views:<image><image>"), a(" ok")], "images": ["img/wide.png", "img/wide.png"]},
+        {"messages": [u("<image>"), a("caption")], "images": ["img/tiny.png"]},
+        {"messages": [s(""), u("<image>x"), a("y")], "images": ["img/tall.jpg"]},
+        {"messages": [s("sys\n"), u("\n<image>\n"), a("\n first"), u("<image> second\n\n"), a("  second  "),
+                      u("\n\n"), a("\tthird\n"), u("last <image>"), a("\n\n\nfourth")],
+         "images": ["img/small.jpg", "img/mid.png", "img/wide.png"]},
+        {"messages": [u("<image>Grounding, Qwen2-VL style"),
+                      a("<|object_ref_start|>cup<|object_ref_end|><|box_start|>(12,40),(96,130)<|box_end|> "
+                        "<ref-object> <bbox> <think>\nhm</think> {{ROUND0}}")], "images": ["img/odd.png"]},
+    ]

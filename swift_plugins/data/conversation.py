@@ -1,4 +1,7 @@
-"""Record -> conversation: the ms-swift row a detection record trains as.
+"""Record -> conversation: the ms-swift row a record trains as (:func:`swift_row` for either kind).
+
+A messages record is already a conversation (``messages.messages_to_swift_row``: paths made
+absolute); a detection record becomes one through :func:`to_swift_row`.
 
 Worked example (``object_ordering="sorted"``, ``emit_norm="none"``)::
 
@@ -21,10 +24,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from swift_plugins.data.messages import messages_to_swift_row
 from swift_plugins.data.records import OptionNotImplementedError, show_value
 
 __all__ = ["DEFAULT_PROMPT", "DEFAULT_PROMPT_NORM1000", "EMIT_NORMS", "OBJECT_ORDERINGS", "ConversationOptions",
-           "emit_coords", "order_objects", "to_swift_row"]
+           "emit_coords", "order_objects", "swift_row", "to_swift_row"]
 
 OBJECT_ORDERINGS = ("sorted", "random", "none")
 EMIT_NORMS = ("none", "norm1000")
@@ -183,3 +187,20 @@ def to_swift_row(record: dict, *, base_dir, sample_key: Any = 0, prompt: Optiona
         "images": [image],
     }
 
+
+
+def swift_row(record: dict, kind: str, *, base_dir, sample_key: Any = 0, **conversation_options) -> dict:
+    """The ms-swift row of a validated record of ``kind`` (``records.record_kind``).
+
+    lvis: :func:`to_swift_row` with the conversation options (fields of :class:`ConversationOptions`);
+    messages: ``messages_to_swift_row`` - the record is the conversation, the options do not apply.
+
+    >>> swift_row({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
+    ...           "messages", base_dir="/d", emit_norm="norm1000")["messages"][1]
+    {'role': 'assistant', 'content': 'Yo'}
+    """
+    if kind == "lvis":
+        return to_swift_row(record, base_dir=base_dir, sample_key=sample_key, **conversation_options)
+    if kind == "messages":
+        return messages_to_swift_row(record, base_dir=base_dir)
+    raise ValueError(f"kind: {kind!r} is not one of ['lvis', 'messages']")

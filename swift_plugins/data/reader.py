@@ -1,7 +1,7 @@
 """Reading a JSONL file through the validator: raise at the first bad record, or skip and report each.
 
     stream = iter_records("train.jsonl", on_error="skip", report_path="skipped.jsonl")
-    rows = [to_swift_row(r, base_dir=stream.base_dir, sample_key=n) for n, r in stream]
+    rows = [swift_row(r, record_kind(r), base_dir=stream.base_dir, sample_key=n) for n, r in stream]
     print(stream.summary.log_line())
     # train.jsonl: samples in 240 = valid 238 + skipped 2 (image_missing 2); 0 blank lines (not records)
 
@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from swift_plugins.data.records import ON_ERROR_CHOICES, RecordError, parse_record, validate_record
+from swift_plugins.data.records import ON_ERROR_CHOICES, RECORD_FORMATS, RecordError, parse_record, validate_record
 from swift_plugins.files import atomic_write_text
 
 __all__ = ["RAW_REPORT_CHARS", "ReadSummary", "RecordStream", "SkippedRecord", "dump_record", "iter_records",
@@ -75,9 +75,12 @@ class RecordStream:
     """
 
     def __init__(self, path, *, on_error: str = "raise", report_path=None, check_images: bool = True,
-                 base_dir: Optional[str] = None):
+                 base_dir: Optional[str] = None, record_format: str = "auto"):
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error: {on_error!r} is not one of {ON_ERROR_CHOICES} (use 'raise' or 'skip')")
+        if record_format not in RECORD_FORMATS:
+            raise ValueError(f"record_format: {record_format!r} is not one of {RECORD_FORMATS}")
+        self.record_format = record_format
         self.path = str(path)
         self.on_error = on_error
         self.report_path = None if report_path is None else str(report_path)
@@ -103,7 +106,7 @@ class RecordStream:
                 try:
                     record = parse_record(raw, path=self.path, line=line_no)
                     validate_record(record, path=self.path, line=line_no, base_dir=self.base_dir,
-                                    check_images=self.check_images)
+                                    check_images=self.check_images, record_format=self.record_format)
                 except RecordError as e:
                     if self.on_error == "raise":
                         raise
@@ -128,8 +131,11 @@ class RecordStream:
 
 
 def iter_records(path, *, on_error: str = "raise", report_path=None, check_images: bool = True,
-                 base_dir: Optional[str] = None) -> RecordStream:
+                 base_dir: Optional[str] = None, record_format: str = "auto") -> RecordStream:
     """Read and validate a JSONL file: an iterator of ``(line_no, record)`` for valid records.
+
+    ``record_format``: auto (each record's kind from its keys), lvis or messages; see
+    :func:`swift_plugins.data.records.record_kind` (``record_kind(record)`` tells a caller which).
 
     - ``on_error="raise"``: the first bad record raises :class:`RecordError` (``path:line: field: ...``).
     - ``on_error="skip"``: bad records are left out and listed in ``stream.skipped``; with
@@ -146,7 +152,7 @@ def iter_records(path, *, on_error: str = "raise", report_path=None, check_image
         print(stream.summary.log_line())
     """
     return RecordStream(path, on_error=on_error, report_path=report_path, check_images=check_images,
-                        base_dir=base_dir)
+                        base_dir=base_dir, record_format=record_format)
 
 
 def dump_record(record: dict) -> str:

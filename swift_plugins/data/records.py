@@ -1,10 +1,19 @@
-"""LVIS polygon-detection records: the schema and its one validator (``path:line: field: what (fix)``).
+"""Records: the two record kinds, the one validator (``path:line: field: what (fix)``) and kind detection.
 
 Pure Python (PIL reads image headers, nothing else): analysis, the converter, the sample
 generators and training all read records through :func:`swift_plugins.data.iter_records`, so one
-set of rules decides what a valid record is.
+set of rules decides what a valid record is. Two kinds of record, chosen per file by
+``record_format`` (:data:`RECORD_FORMATS`)::
 
-Record (one JSON object per line; keys other than these are allowed and ignored)::
+    auto       each record by its keys: "messages" -> messages; else "width" / "height" / "objects" -> lvis
+    lvis       the LVIS detection record below (a record with only "messages" is refused)
+    messages   ms-swift's own messages format (rules in :mod:`swift_plugins.data.messages`)
+
+    record_kind({"messages": [...], "images": ["a.jpg"]})                      -> "messages"
+    record_kind({"images": ["a.jpg"], "width": 4, "height": 4, "objects": []}) -> "lvis"
+    record_kind({"conversations": [...]})  -> RecordError unknown_format (names both key sets)
+
+LVIS record (one JSON object per line; keys other than these are allowed and ignored)::
 
     {"images": ["images/000000000139.jpg"],        # exactly one path, relative to the JSONL's folder
      "width": 640, "height": 416,                  # stored image size in pixels (positive ints)
@@ -35,10 +44,15 @@ from typing import Any, Optional
 from swift_plugins.data.image_size import MAX_ASPECT_RATIO
 from swift_plugins.errors import UserError
 
-__all__ = ["ON_ERROR_CHOICES", "OptionNotImplementedError", "RecordError", "parse_record", "show_value",
-           "validate_record"]
+__all__ = ["LVIS_KEYS", "MESSAGES_KEYS", "ON_ERROR_CHOICES", "OptionNotImplementedError", "RECORD_FORMATS",
+           "RecordError", "parse_record", "record_kind", "show_value", "validate_record"]
 
 ON_ERROR_CHOICES = ("raise", "skip")
+RECORD_FORMATS = ("auto", "lvis", "messages")
+LVIS_KEYS = ("images", "width", "height", "objects")
+MESSAGES_KEYS = ("messages", "images")
+# Keys only an LVIS record has: they (and "messages" for the other kind) decide the kind under "auto".
+_LVIS_ONLY_KEYS = ("width", "height", "objects")
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -88,19 +102,82 @@ def parse_record(text: str | bytes, *, path: str = "<record>", line: int = 0) ->
 
 
 def validate_record(record: Any, *, path: str = "<record>", line: int = 0, base_dir: Optional[str] = None,
-                    check_images: bool = True) -> dict:
+                    check_images: bool = True, record_format: str = "lvis") -> dict:
     """Check one parsed record; return it unchanged or raise :class:`RecordError`.
 
-    ``base_dir`` resolves relative image paths (default: the folder of ``path``). With
-    ``check_images`` the image header is read with PIL (no pixel decoding) and its size must equal
-    width/height; without it the disk is never touched (the synthetic set has no image files).
+    The kind comes from :func:`record_kind` (``record_format`` defaults to ``"lvis"``, as before
+    messages records existed). ``base_dir`` resolves relative image paths (default: the folder of
+    ``path``). With ``check_images`` every image header is read with PIL (no pixel decoding): an
+    LVIS image's size must equal width/height, a messages image must be readable; without it the
+    disk is never touched (the synthetic set has no image files).
     """
+    kind = record_kind(record, record_format, path=path, line=line)
+    base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
     try:
-        _validate(record, base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path)),
-                  check_images)
+        if kind == "lvis":
+            _validate(record, base, check_images)
+        else:
+            from swift_plugins.data import messages  # imports this module: bound at first use
+
+            messages.check_messages_record(record, base, read_images=check_images)
     except _Problem as p:
         raise RecordError(path, line, p.field, p.message, p.kind) from None
     return record
+
+
+def record_kind(record: Any, record_format: str = "auto", *, path: str = "<record>", line: int = 0) -> str:
+    """``"lvis"`` or ``"messages"``: the kind of a parsed record under ``record_format``.
+
+    auto: a record with "messages" is a messages record (an ms-swift grounding "objects" key is
+    then reported as unsupported), else one with "width" / "height" / "objects" an LVIS record;
+    one with "messages" and all three LVIS keys is refused as ``ambiguous_format``, one with
+    neither as ``unknown_format``. A forced format refuses a record that is plainly the other kind
+    (``unknown_format``); anything else goes on to that kind's validator, so an LVIS record's
+    problems read exactly as they always did.
+
+    >>> record_kind({"messages": [], "images": []}), record_kind({"width": 1}, "lvis")
+    ('messages', 'lvis')
+    """
+    if record_format not in RECORD_FORMATS:
+        raise ValueError(f"record_format: {record_format!r} is not one of {list(RECORD_FORMATS)}")
+    if not isinstance(record, dict):
+        raise RecordError(path, line, "<record>", f"expected a JSON object, got {_json_type(record)} "
+                          "(write exactly one JSON object per line)", "not_an_object")
+    has_messages = "messages" in record
+    lvis_keys = [k for k in _LVIS_ONLY_KEYS if k in record]
+    if record_format == "auto":
+        if has_messages and len(lvis_keys) == len(_LVIS_ONLY_KEYS):
+            raise RecordError(path, line, "<record>", f'has both "messages" and the LVIS keys {_keys(lvis_keys)} '
+                              "(keep one format per record, or set record_format to lvis or messages)",
+                              "ambiguous_format")
+        if has_messages or lvis_keys:
+            return "messages" if has_messages else "lvis"
+        both, got = _key_sets(record)
+        raise RecordError(path, line, "<record>", f"fits neither record format: {both}; {got} "
+                          "(write one of the two formats, see public_data/README.md)", "unknown_format")
+    if record_format == "messages" and not has_messages:
+        both, got = _key_sets(record)
+        raise RecordError(path, line, "<record>", f'record_format is messages but the record has no "messages"; '
+                          f"{both}; {got} (write the conversation as \"messages\", or set record_format to lvis "
+                          "or auto)", "unknown_format")
+    if record_format == "lvis" and has_messages and not lvis_keys:
+        both, got = _key_sets(record)
+        raise RecordError(path, line, "<record>", f"record_format is lvis but this is a messages record; {both}; "
+                          f"{got} (set record_format to messages or auto)", "unknown_format")
+    return record_format
+
+
+def _key_sets(record: dict) -> tuple[str, str]:
+    """Both formats' keys and the record's, for the messages of an unfitting record."""
+    return (f"a messages record has {_keys(MESSAGES_KEYS)}; an LVIS record has {_keys(LVIS_KEYS)}",
+            f"got keys {_keys(record) or 'none'}")
+
+
+def _keys(keys) -> str:
+    """``["a", "b"]`` -> ``'"a", "b"'`` (at most 6 keys shown)."""
+    keys = list(keys)
+    shown = ", ".join(json.dumps(k, ensure_ascii=False) for k in keys[:6])
+    return shown + (f", ... (+{len(keys) - 6})" if len(keys) > 6 else "")
 
 
 def _json_type(v: Any) -> str:
@@ -218,18 +295,23 @@ def _check_range(values: list, field_: str, w: int, h: int) -> None:
 
 
 def _validate_image(image: str, base_dir: str, w: int, h: int) -> None:
-    full = image if os.path.isabs(image) else os.path.join(base_dir, image)
-    if not os.path.isfile(full):
-        raise _Problem("image_missing", "images[0]", f"file not found: {full}",
-                       "fix the path; relative paths resolve against the JSONL's folder")
-    from PIL import Image  # header only: Image.open is lazy, .size needs no pixel decoding
-    try:
-        with Image.open(full) as im:
-            iw, ih = im.size
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-        raise _Problem("image_unreadable", "images[0]", f"cannot read the image header of {full}: "
-                       f"{type(e).__name__}: {e}", "re-encode the image as JPEG or PNG") from None
+    iw, ih = image_header_size(image, base_dir, "images[0]")
     if (iw, ih) != (w, h):
         raise _Problem("image_size_mismatch", "images[0]", f"the image is {iw}x{ih} but the record says "
                        f"width={w}, height={h}", "set width/height to the stored image's size")
 
+
+
+def image_header_size(image: str, base_dir: str, field_: str) -> tuple[int, int]:
+    """(width, height) from the image file's header (PIL, no pixel decoding); kinds image_missing / image_unreadable."""
+    full = image if os.path.isabs(image) else os.path.join(base_dir, image)
+    if not os.path.isfile(full):
+        raise _Problem("image_missing", field_, f"file not found: {full}",
+                       "fix the path; relative paths resolve against the JSONL's folder")
+    from PIL import Image  # header only: Image.open is lazy, .size needs no pixel decoding
+    try:
+        with Image.open(full) as im:
+            return im.size
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        raise _Problem("image_unreadable", field_, f"cannot read the image header of {full}: "
+                       f"{type(e).__name__}: {e}", "re-encode the image as JPEG or PNG") from None

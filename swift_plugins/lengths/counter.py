@@ -1,6 +1,6 @@
 """Exact Qwen3-VL sample lengths without encoding a single image.
 
-The length ms-swift's ``qwen3_vl`` template gives a record splits into three parts::
+The length ms-swift's ``qwen3_vl`` template gives an LVIS record splits into three parts::
 
     total_tokens = frame(user text, number of images)      chat markers, prompt, vision_start/end
                  + tokens(assistant response)              compact JSON, digits one token each
@@ -13,6 +13,12 @@ The length ms-swift's ``qwen3_vl`` template gives a record splits into three par
   sides (``assistant\\n`` ... ``<|im_end|>``) cut the text there, so the count is additive.
 * ``image_tokens``: :class:`swift_plugins.lengths.image_rule.ImageTokenRule` from the image size.
 
+A messages conversation (any turns, system prompt, images anywhere in user turns) is counted by
+:meth:`LengthCounter.count_messages` from the template's chat layout (:mod:`.chat`): its content
+pieces through the tokenizer plus calibrated frame constants, image tokens from each image's size;
+:meth:`LengthCounter.count_messages_exact` tokenizes the very strings ms-swift tokenizes instead
+(the self-check).
+
 Tests compare ``total_tokens`` with ``len(template.encode(row)['input_ids'])`` on real images.
 """
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
+from swift_plugins.lengths.chat import ChatFrame, content_pieces, frame_tokens, render_segments
 from swift_plugins.lengths.image_rule import ImageTokenRule
 
 __all__ = ["DetectionAnswerCounter", "LengthCounter", "SampleLength"]
@@ -45,9 +52,12 @@ class LengthCounter:
     """
 
     def __init__(self, tokenizer, rule: ImageTokenRule, frames: Optional[dict] = None,
-                 measure_frame: Optional[Callable[["LengthCounter", str, int], int]] = None):
+                 measure_frame: Optional[Callable[["LengthCounter", str, int], int]] = None,
+                 chat: Optional[ChatFrame] = None, chat_error: Optional[str] = None):
         """``tokenizer``: a ``tokenizers.Tokenizer`` or its JSON string; ``measure_frame(counter,
-        user_text, num_images)`` measures a frame not in ``frames`` with the real template."""
+        user_text, num_images)`` measures a frame not in ``frames`` with the real template;
+        ``chat``: the template's chat layout, needed by :meth:`count_messages` (``chat_error``: why
+        the template has none)."""
         from tokenizers import Tokenizer
 
         self._tok = Tokenizer.from_str(tokenizer) if isinstance(tokenizer, str) else tokenizer
@@ -55,6 +65,8 @@ class LengthCounter:
         self.rule = rule
         self._frames: dict = dict(frames or {})
         self._measure_frame = measure_frame
+        self.chat = chat
+        self.chat_error = chat_error
 
     # -- picklable state for worker processes -------------------------------------------------
     def state(self, user_texts_and_counts: Iterable[tuple[str, int]] = ()) -> dict:
@@ -62,11 +74,13 @@ class LengthCounter:
             self.frame(*key)
         if self._tokenizer_json is None:
             self._tokenizer_json = self._tok.to_str()
-        return {"tokenizer_json": self._tokenizer_json, "rule": self.rule, "frames": dict(self._frames)}
+        return {"tokenizer_json": self._tokenizer_json, "rule": self.rule, "frames": dict(self._frames),
+                "chat": self.chat, "chat_error": self.chat_error}
 
     @classmethod
     def from_state(cls, state: dict) -> "LengthCounter":
-        return cls(state["tokenizer_json"], state["rule"], state["frames"])
+        return cls(state["tokenizer_json"], state["rule"], state["frames"], chat=state.get("chat"),
+                   chat_error=state.get("chat_error"))
 
     # -- counting -------------------------------------------------------------------------------
     def frame(self, user_text: str, num_images: int) -> int:
@@ -81,6 +95,9 @@ class LengthCounter:
 
     def text_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token count of each string (no special tokens added), batched in the Rust tokenizer."""
+        return [len(e.ids) for e in self._encode_clean(texts)]
+
+    def _encode_clean(self, texts: Sequence[str]) -> list:
         if self._tok.truncation is not None or self._tok.padding is not None:
             # a shared tokenizer left with truncation/padding on would change counts: use a clean copy
             from tokenizers import Tokenizer
@@ -88,7 +105,9 @@ class LengthCounter:
             self._tok = Tokenizer.from_str(self._tok.to_str())
             self._tok.no_truncation()
             self._tok.no_padding()
-        return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        # encode_batch_fast (tokenizers >= 0.21): the same ids without character offsets, ~25% faster
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return encode(list(texts), add_special_tokens=False)
 
     def image_tokens(self, width: int, height: int) -> int:
         return self.rule.tokens(width, height)
@@ -106,6 +125,56 @@ class LengthCounter:
             out.append(SampleLength(text_tokens=frame + resp,
                                     image_tokens=sum(self.image_tokens(w, h) for w, h in sizes)))
         return out
+
+
+    # -- messages conversations -------------------------------------------------------------
+    def count_messages(self, messages: Sequence[dict], image_sizes: Sequence[tuple[int, int]]) -> SampleLength:
+        """Exact length of a validated messages conversation whose images have these (width, height).
+
+        Pure after calibration (the tokenizer and ``self.chat``); e.g. on the tiny test model::
+
+            count_messages([{"role": "user", "content": "<image>Hi"},
+                            {"role": "assistant", "content": "Yes"}], [(640, 480)])
+            -> SampleLength(text_tokens=17, image_tokens=300)    # 300 = (480/32) * (640/32)
+        """
+        return self.count_messages_batch([(messages, image_sizes)])[0]
+
+    def count_messages_batch(self, items: Sequence[tuple[Sequence[dict], Sequence[tuple[int, int]]]]
+                             ) -> list[SampleLength]:
+        """:meth:`count_messages` of many conversations with one batched tokenizer call."""
+        chat = self._chat()
+        texts, spans, fixed, images = [], [], [], []
+        for messages, sizes in items:
+            pieces, tags = content_pieces(chat, messages)
+            if tags != len(sizes):
+                raise ValueError(f"{tags} <image> tags but {len(sizes)} image sizes")
+            spans.append((len(texts), len(texts) + len(pieces)))
+            texts.extend(pieces)
+            fixed.append(frame_tokens(chat, messages, tags))
+            images.append(sum(self.rule.tokens(w, h) for w, h in sizes))
+        counts = self.text_tokens(texts)
+        return [SampleLength(text_tokens=f + sum(counts[a:b]), image_tokens=i)
+                for (a, b), f, i in zip(spans, fixed, images)]
+
+    def count_messages_exact(self, messages: Sequence[dict], image_sizes: Sequence[tuple[int, int]]) -> SampleLength:
+        """The same length the obviously-exact way: tokenize each string ms-swift tokenizes
+        (:func:`.chat.render_segments`), expand every image pad by the resize rule."""
+        chat = self._chat()
+        pad = self._tok.token_to_id(chat.image_pad)
+        ids = [i for seg in self._encode_clean(render_segments(chat, messages)) for i in seg.ids]
+        pads = ids.count(pad)
+        if pads != len(image_sizes):
+            raise ValueError(f"{pads} image pads in the encoded conversation but {len(image_sizes)} image sizes")
+        return SampleLength(text_tokens=len(ids) - pads,
+                            image_tokens=sum(self.rule.tokens(w, h) for w, h in image_sizes))
+
+    def _chat(self) -> ChatFrame:
+        if self.chat is None:
+            if self.chat_error:
+                raise ValueError(f"messages records cannot be counted with this template: {self.chat_error}")
+            raise KeyError("this counter has no chat-layout calibration for messages records; build it with "
+                           "swift_plugins.training.calibration.counter_from_template or load_counter")
+        return self.chat
 
 
 def _split_messages(row: dict) -> tuple[str, str]:

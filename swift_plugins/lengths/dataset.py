@@ -1,18 +1,26 @@
 """Exact per-record token lengths of a whole JSONL file: validated, parallel, deterministic, cached.
 
-One pass over the file (read in chunks of raw lines, in order)::
+One pass over the file (read in chunks of raw lines, in order), each record by its kind
+(``record_format`` auto / lvis / messages, see :func:`swift_plugins.data.records.record_kind`)::
 
-    raw lines --parse+validate (data.py)--> record --to_swift_row--> response text --tokenizer--> tokens
-                                              \\--width/height--> ImageTokenRule --> image tokens
+    lvis:     raw line --parse+validate--> record --objects--> DetectionAnswerCounter + frame --> text tokens
+                                                  \\--width/height--> ImageTokenRule --> image tokens
+    messages: raw line --parse+validate, image headers--> record --chat layout--> tokenizer --> text tokens
+                                                          \\--header sizes--> ImageTokenRule --> image tokens
+
+A messages record's image sizes come from its image headers (PIL, no pixels decoded), so they are
+read even with ``check_images=False`` (which then only spares the LVIS records the disk).
 
 Chunks go to ``num_workers`` processes and come back in file order, so the result (and every
 packing plan made from it) is the same for any worker count. Bad records follow the validator's
 policy: ``raise`` stops at the first one in file order, ``skip`` lists each in the skip report.
 
 Cache: the arrays are stored under ``cache_dir/<key>.npz`` where ``key`` hashes the data file's
-bytes, the tokenizer, the conversation options, the image rule, the template frames, the read
-policy and the source of the counting code; any change gives a new key, so a stale cache is never
-read. A rerun with unchanged inputs only hashes the file and loads the arrays.
+bytes, the tokenizer, the conversation options, the image rule, the template frames and chat
+layout, the read policy and record format and the source of the counting code; any change gives a
+new key, so a stale cache is never read. The images of messages records are outside the file:
+the entry stores each one's (path, size, mtime) and is used only while all still match. A rerun
+with unchanged inputs only hashes the file (and stats those images) and loads the arrays.
 """
 from __future__ import annotations
 
@@ -26,21 +34,25 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from swift_plugins.data import conversation, records
+from swift_plugins.data import conversation, messages, records
 from swift_plugins.data.conversation import ConversationOptions, emit_coords, to_swift_row
+from swift_plugins.data.messages import image_paths, messages_image_sizes
 from swift_plugins.data.reader import ReadSummary, SkippedRecord, skipped_record, write_skip_report
-from swift_plugins.data.records import ON_ERROR_CHOICES, RecordError, parse_record, validate_record
+from swift_plugins.data.records import (ON_ERROR_CHOICES, RECORD_FORMATS, RecordError, parse_record, record_kind,
+                                        validate_record)
 from swift_plugins.files import atomic_open, file_digest
+from swift_plugins.lengths import chat as chat_mod
 from swift_plugins.lengths import counter as counter_mod
 from swift_plugins.lengths import image_rule
 from swift_plugins.lengths.counter import DetectionAnswerCounter, LengthCounter
 
-__all__ = ["CACHE_FORMAT", "DatasetLengths", "cache_key", "code_digest", "count_dataset", "record_length",
-           "record_text_tokens"]
+__all__ = ["CACHE_FORMAT", "KIND_CODES", "DatasetLengths", "cache_key", "code_digest", "count_dataset",
+           "messages_record_length", "record_length", "record_text_tokens"]
 
 CHUNK_LINES = 2048
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: record kinds, image counts, messages records' image stamps, the chat layout
 VERIFY_EVERY = 997  # every 997th line is also counted the slow, obviously-exact way
+KIND_CODES = {"lvis": 0, "messages": 1}  # DatasetLengths.kind
 
 
 @dataclass
@@ -49,7 +61,9 @@ class DatasetLengths:
     line: np.ndarray          # 1-based line numbers in the JSONL
     text_tokens: np.ndarray
     image_tokens: np.ndarray
-    num_objects: np.ndarray
+    num_objects: np.ndarray   # 0 for messages records
+    kind: np.ndarray          # int8, KIND_CODES: 0 lvis, 1 messages
+    num_images: np.ndarray
     summary: ReadSummary
     skipped: list = field(default_factory=list)   # SkippedRecord, file order
     from_cache: bool = False
@@ -74,17 +88,18 @@ def _init_worker(state: dict, counter: Optional[LengthCounter] = None) -> None:
     _WORKER["base_dir"] = state["base_dir"]
     _WORKER["check_images"] = state["check_images"]
     _WORKER["frame"] = state["frame"]
+    _WORKER["record_format"] = state["record_format"]
     _WORKER["answers"] = DetectionAnswerCounter(_WORKER["counter"].text_tokens)
 
 
 def _count_chunk(chunk: tuple[int, list[bytes]]) -> list[tuple]:
-    """Results for one chunk of raw lines: ("ok", line, text, image, objects) | ("bad", line, error, raw)."""
+    """Results for one chunk of raw lines, in order: ("ok", line, text, image, objects, kind, images,
+    image paths) | ("bad", line, error, raw) | ("blank", line). Messages records are tokenized in one batch."""
     start, lines = chunk
     counter: LengthCounter = _WORKER["counter"]
-    answers: DetectionAnswerCounter = _WORKER["answers"]
-    path, base_dir, options = _WORKER["path"], _WORKER["base_dir"], _WORKER["options"]
-    frame, emit_norm = _WORKER["frame"], options["emit_norm"]
-    out = []
+    path, base_dir = _WORKER["path"], _WORKER["base_dir"]
+    out: list = []
+    pending = []  # (index in out, line, record, image sizes) of the chunk's messages records
     for offset, raw in enumerate(lines):
         line_no = start + offset
         if not raw.strip():
@@ -92,26 +107,55 @@ def _count_chunk(chunk: tuple[int, list[bytes]]) -> list[tuple]:
             continue
         try:
             record = parse_record(raw, path=path, line=line_no)
-            validate_record(record, path=path, line=line_no, base_dir=base_dir,
-                                     check_images=_WORKER["check_images"])
-            w, h = record["width"], record["height"]
-            image_tokens = counter.image_tokens(w, h)
+            kind = record_kind(record, _WORKER["record_format"], path=path, line=line_no)
+            if kind == "messages":
+                sizes = messages_image_sizes(record, path=path, line=line_no, base_dir=base_dir)
+                _check_resize(counter, sizes, path, line_no)
+                pending.append((len(out), line_no, record, sizes))
+                out.append(None)
+                continue
+            out.append(_lvis_result(record, line_no))
         except RecordError as e:
             out.append(("bad", line_no, e, raw))
-            continue
-        except ValueError as e:  # the resize rule refused the image size (aspect ratio)
-            out.append(("bad", line_no, RecordError(path, line_no, "width/height", f"{e} (fix or drop the image)",
-                                                    "image_size"), raw))
-            continue
-        text_tokens = record_text_tokens(record, answers, frame, emit_norm)
-        if line_no % VERIFY_EVERY == 0:  # the fast count must equal the tokenizer on the real row
-            row = to_swift_row(record, base_dir=base_dir, sample_key=line_no, **options)
-            (full,) = counter.count_rows([row], [[(w, h)]])
-            if (full.text_tokens, full.image_tokens) != (text_tokens, image_tokens):
-                raise RuntimeError(f"{path}:{line_no}: fast length {text_tokens}+{image_tokens} != tokenizer "
-                                   f"{full.text_tokens}+{full.image_tokens}; please report this record")
-        out.append(("ok", line_no, text_tokens, image_tokens, len(record["objects"])))
+    if pending:
+        counts = counter.count_messages_batch([(rec["messages"], sizes) for _, _, rec, sizes in pending])
+        for (i, line_no, record, sizes), n in zip(pending, counts):
+            if line_no % VERIFY_EVERY == 0:  # the fast count must equal the strings ms-swift tokenizes
+                full = counter.count_messages_exact(record["messages"], sizes)
+                if full != n:
+                    raise RuntimeError(f"{path}:{line_no}: fast length {n.text_tokens}+{n.image_tokens} != tokenizer "
+                                       f"{full.text_tokens}+{full.image_tokens}; please report this record")
+            out[i] = ("ok", line_no, n.text_tokens, n.image_tokens, 0, KIND_CODES["messages"], len(sizes),
+                      tuple(image_paths(record, base_dir)))
     return out
+
+
+def _check_resize(counter: LengthCounter, sizes, path: str, line_no: int) -> None:
+    for i, (w, h) in enumerate(sizes):
+        try:
+            counter.image_tokens(w, h)
+        except ValueError as e:  # the resize rule refused the image size (aspect ratio)
+            raise RecordError(path, line_no, f"images[{i}]", f"{e} (fix or drop the image)", "image_size") from None
+
+
+def _lvis_result(record: dict, line_no: int) -> tuple:
+    counter: LengthCounter = _WORKER["counter"]
+    path, base_dir, options, frame = _WORKER["path"], _WORKER["base_dir"], _WORKER["options"], _WORKER["frame"]
+    validate_record(record, path=path, line=line_no, base_dir=base_dir, check_images=_WORKER["check_images"],
+                    record_format="lvis")
+    w, h = record["width"], record["height"]
+    try:
+        image_tokens = counter.image_tokens(w, h)
+    except ValueError as e:  # the resize rule refused the image size (aspect ratio)
+        raise RecordError(path, line_no, "width/height", f"{e} (fix or drop the image)", "image_size") from None
+    text_tokens = record_text_tokens(record, _WORKER["answers"], frame, options["emit_norm"])
+    if line_no % VERIFY_EVERY == 0:  # the fast count must equal the tokenizer on the real row
+        row = to_swift_row(record, base_dir=base_dir, sample_key=line_no, **options)
+        (full,) = counter.count_rows([row], [[(w, h)]])
+        if (full.text_tokens, full.image_tokens) != (text_tokens, image_tokens):
+            raise RuntimeError(f"{path}:{line_no}: fast length {text_tokens}+{image_tokens} != tokenizer "
+                               f"{full.text_tokens}+{full.image_tokens}; please report this record")
+    return ("ok", line_no, text_tokens, image_tokens, len(record["objects"]), KIND_CODES["lvis"], 1, ())
 
 
 def record_text_tokens(record: dict, answers: DetectionAnswerCounter, frame: int, emit_norm: str) -> int:
@@ -129,6 +173,12 @@ def record_length(record: dict, counter: LengthCounter, answers: DetectionAnswer
     """Total tokens of a validated record's sample (text + image)."""
     return record_text_tokens(record, answers, frame, emit_norm) + counter.image_tokens(record["width"],
                                                                                       record["height"])
+
+
+def messages_record_length(record: dict, counter: LengthCounter, base_dir) -> int:
+    """Total tokens (text + image) of one validated messages record; image sizes from the headers."""
+    sizes = messages_image_sizes(record, path="<record>", line=0, base_dir=os.fspath(base_dir))
+    return counter.count_messages(record["messages"], sizes).total_tokens
 
 
 def _chunks(path: str, max_records: int):
@@ -151,15 +201,16 @@ def _chunks(path: str, max_records: int):
 
 # ------------------------------------------------------------------------------ public API
 def code_digest() -> str:
-    """Hash of the code that decides a count (validator, conversation, image rule, counters, this pass)."""
+    """Hash of the code that decides a count (validators, conversation, image rule, counters, this pass)."""
     h = hashlib.blake2b(digest_size=16)
-    for path in (records.__file__, conversation.__file__, image_rule.__file__, counter_mod.__file__, __file__):
+    for path in (records.__file__, messages.__file__, conversation.__file__, image_rule.__file__, chat_mod.__file__,
+                 counter_mod.__file__, __file__):
         h.update(pathlib.Path(path).read_bytes())
     return h.hexdigest()
 
 
 def cache_key(path: str, counter: LengthCounter, options: dict, *, on_error: str, check_images: bool,
-              max_records: int, prompt_frame: int) -> str:
+              max_records: int, prompt_frame: Optional[int], record_format: str = "auto") -> str:
     state = counter.state()
     parts = {
         "format": CACHE_FORMAT,
@@ -168,10 +219,13 @@ def cache_key(path: str, counter: LengthCounter, options: dict, *, on_error: str
         "tokenizer": hashlib.blake2b(state["tokenizer_json"].encode(), digest_size=16).hexdigest(),
         "rule": counter.rule.to_dict(),
         "frame": prompt_frame,
+        "chat": None if counter.chat is None else counter.chat.to_dict(),
+        "chat_error": counter.chat_error,
         "options": options,
         "on_error": on_error,
         "check_images": check_images,
         "max_records": max_records,
+        "record_format": record_format,
         "code": code_digest(),
     }
     return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=20).hexdigest()
@@ -180,9 +234,14 @@ def cache_key(path: str, counter: LengthCounter, options: dict, *, on_error: str
 def count_dataset(path, counter: LengthCounter, options: ConversationOptions | dict | None = None, *,
                   on_error: str = "raise", report_path=None, check_images: bool = True, max_records: int = 0,
                   num_workers: int = 1, cache_dir=None, clear_cache: bool = False,
-                  progress: Optional[Callable[[int], None]] = None) -> DatasetLengths:
+                  progress: Optional[Callable[[int], None]] = None, record_format: str = "auto") -> DatasetLengths:
     """Exact lengths of every valid record of ``path`` (see module docstring).
 
+    ``record_format``: auto (each record by its keys), lvis or messages. ``options`` (the
+    conversation options) apply to LVIS records only. auto and lvis need the counter's LVIS frame
+    for the prompt (measured by ``counter_from_template``, cached by ``load_counter``), messages
+    only its chat layout. ``check_images=False`` spares LVIS records
+    the disk; a messages record's image headers are read regardless (its sizes come from them).
     ``max_records`` > 0 reads only the first that many records (a quick look). ``progress`` is
     called with the number of lines done after each chunk. With ``report_path`` the skip report
     (JSONL of SkippedRecord) is written atomically, also when nothing was skipped.
@@ -190,32 +249,37 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
     path = os.fspath(path)
     if on_error not in ON_ERROR_CHOICES:
         raise ValueError(f"on_error: {on_error!r} is not one of {list(ON_ERROR_CHOICES)}")
+    if record_format not in RECORD_FORMATS:
+        raise ValueError(f"record_format: {record_format!r} is not one of {list(RECORD_FORMATS)}")
     opts = options if isinstance(options, ConversationOptions) else ConversationOptions(**(options or {}))
     opts.check_implemented()
     opts_dict = opts.to_dict()
-    user_text = "<image>" + opts.resolved_prompt
-    frame = counter.frame(user_text, 1)
+    # the LVIS frame (calibrated per prompt); a messages-only file needs the chat layout instead
+    frame = None if record_format == "messages" else counter.frame("<image>" + opts.resolved_prompt, 1)
+    if record_format == "messages":
+        counter.count_messages_batch([])  # fails here, not in a worker, when the chat layout is missing
 
     cache_file = None
     if cache_dir is not None:
         key = cache_key(path, counter, opts_dict, on_error=on_error, check_images=check_images,
-                        max_records=max_records, prompt_frame=frame)
+                        max_records=max_records, prompt_frame=frame, record_format=record_format)
         cache_file = pathlib.Path(cache_dir) / f"lengths-{key}.npz"
         if clear_cache and cache_file.exists():
             cache_file.unlink()
         if cache_file.exists():
             result = _load_cache(cache_file, path)
-            if report_path is not None:
-                write_skip_report(report_path, result.skipped)
-                result.summary.report_path = str(report_path)
-            return result
+            if result is not None:  # None: an image of a messages record changed since
+                if report_path is not None:
+                    write_skip_report(report_path, result.skipped)
+                    result.summary.report_path = str(report_path)
+                return result
 
     base_dir = os.path.dirname(os.path.abspath(path))
     state = {"counter": counter.state() if num_workers > 1 else None, "options": opts_dict, "path": path,
-             "base_dir": base_dir,
-             "check_images": check_images, "frame": frame}
+             "base_dir": base_dir, "check_images": check_images, "frame": frame, "record_format": record_format}
     summary = ReadSummary(path=path, report_path=None if report_path is None else str(report_path))
-    lines, texts, images, objects, skipped = [], [], [], [], []
+    cols: dict = {k: [] for k in ("line", "text_tokens", "image_tokens", "num_objects", "kind", "num_images")}
+    skipped, images = [], {}
 
     def consume(results):
         for res in results:
@@ -226,7 +290,9 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
             summary.read += 1
             if kind == "ok":
                 summary.valid += 1
-                lines.append(res[1]); texts.append(res[2]); images.append(res[3]); objects.append(res[4])
+                for col, value in zip(cols.values(), res[1:7]):
+                    col.append(value)
+                images.update(dict.fromkeys(res[7]))
                 continue
             error, raw = res[2], res[3]
             if on_error == "raise":
@@ -254,28 +320,47 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
                     progress(done)
     summary.skipped_by_kind = dict(sorted(summary.skipped_by_kind.items()))
     summary.complete = True
-    result = DatasetLengths(line=np.asarray(lines, dtype=np.int64), text_tokens=np.asarray(texts, dtype=np.int64),
-                            image_tokens=np.asarray(images, dtype=np.int64),
-                            num_objects=np.asarray(objects, dtype=np.int64), summary=summary, skipped=skipped)
+    dtypes = {"kind": np.int8}
+    arrays = {k: np.asarray(v, dtype=dtypes.get(k, np.int64)) for k, v in cols.items()}
+    result = DatasetLengths(**arrays, summary=summary, skipped=skipped)
     if report_path is not None:
         write_skip_report(report_path, skipped)
     if cache_file is not None:
-        _save_cache(cache_file, result)
+        _save_cache(cache_file, result, _image_stamps(sorted(images)))
     return result
 
 
-def _save_cache(cache_file: pathlib.Path, result: DatasetLengths) -> None:
-    meta = {"summary": result.summary.to_dict(), "skipped": [s.to_dict() for s in result.skipped]}
+def _image_stamps(paths) -> list:
+    """[path, size, mtime_ns] of each image file: a cache entry holds only while all match."""
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append([p, st.st_size, st.st_mtime_ns])
+    return out
+
+
+_ARRAYS = ("line", "text_tokens", "image_tokens", "num_objects", "kind", "num_images")
+
+
+def _save_cache(cache_file: pathlib.Path, result: DatasetLengths, image_stamps: list) -> None:
+    meta = {"summary": result.summary.to_dict(), "skipped": [s.to_dict() for s in result.skipped],
+            "image_stamps": image_stamps}
     with atomic_open(cache_file, "wb") as f:
-        np.savez(f, line=result.line, text_tokens=result.text_tokens, image_tokens=result.image_tokens,
-                 num_objects=result.num_objects, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+        np.savez(f, **{k: getattr(result, k) for k in _ARRAYS},
+                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
 
 
-def _load_cache(cache_file: pathlib.Path, path: str) -> DatasetLengths:
+def _load_cache(cache_file: pathlib.Path, path: str) -> Optional[DatasetLengths]:
     with np.load(cache_file) as z:
         meta = json.loads(z["meta"].tobytes().decode())
+        for image, size, mtime in meta["image_stamps"]:
+            try:
+                st = os.stat(image)
+            except OSError:
+                return None
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                return None
         summary = ReadSummary(**{k: v for k, v in meta["summary"].items()})
         summary.path = path
-        return DatasetLengths(line=z["line"], text_tokens=z["text_tokens"], image_tokens=z["image_tokens"],
-                              num_objects=z["num_objects"], summary=summary,
+        return DatasetLengths(**{k: z[k] for k in _ARRAYS}, summary=summary,
                               skipped=[SkippedRecord(**s) for s in meta["skipped"]], from_cache=True)

@@ -1,6 +1,6 @@
 """Template calibration: what the pure length counter needs from ms-swift, measured once.
 
-The counter (``swift_plugins.lengths``) is pure; three facts come from the real template::
+The counter (``swift_plugins.lengths``) is pure; four facts come from the real template::
 
     tokenizer        template.processor.tokenizer.backend_tokenizer (shared, not re-parsed)
     image rule       patch / merge from the processor, pixel limits as ms-swift patched them
@@ -8,6 +8,13 @@ The counter (``swift_plugins.lengths``) is pure; three facts come from the real 
                      the template's max_pixels
     frames           len(template.encode(calibration row)) - what the counter counts itself,
                      per distinct (user text, image count), with 64x64 in-memory images
+    chat layout      for messages records (:func:`chat_frame`): the template meta's prefix /
+                     system_prefix / prompt / chat_sep / suffix, replace_tag's image string and
+                     the loss-scale layout read off the template; the fast count's constants
+                     measured by encoding calibration rows; both counts then checked against
+                     template.encode on awkward calibration rows. A template laid out otherwise
+                     gives no layout (``counter.chat_error`` says why): LVIS records still count,
+                     messages records are refused with that reason
 
 :func:`load_counter` caches these (keyed by the model's tokenizer / processor / config files,
 template, max_pixels, the resize environment variables, package versions and the counting code),
@@ -16,6 +23,7 @@ happen inside the functions that need them.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -24,14 +32,19 @@ import pathlib
 from typing import Optional
 
 from swift_plugins.files import atomic_write_text
+from swift_plugins.lengths.chat import ChatFrame, content_pieces
 from swift_plugins.lengths.counter import LengthCounter
 from swift_plugins.lengths.dataset import CACHE_FORMAT, code_digest
 from swift_plugins.lengths.image_rule import ImageTokenRule
 
-__all__ = ["RESIZE_ENV_VARS", "counter_cache_key", "counter_from_template", "image_rule_from_template",
-           "load_counter", "load_template", "measure_frame"]
+__all__ = ["CHAT_PROBES", "LOSS_LAYOUTS", "RESIZE_ENV_VARS", "ChatLayoutError", "chat_frame", "counter_cache_key",
+           "counter_from_template", "image_rule_from_template", "load_counter", "load_template", "measure_frame"]
 
 IMAGE_PAD_TOKEN = "<|image_pad|>"
+CALIBRATION_IMAGE = (64, 64)  # in-memory calibration images: 4 tokens each for Qwen3-VL
+# ms-swift LossScale base strategies -> loss scale of (frame text, history responses, last response
+# and suffix); where neighbours differ ms-swift tokenizes them apart (swift/loss_scale/base.py).
+LOSS_LAYOUTS = {"default": (0.0, 1.0, 1.0), "last_round": (0.0, 0.0, 1.0), "all": (1.0, 1.0, 1.0)}
 
 
 def image_rule_from_template(template) -> ImageTokenRule:
@@ -49,10 +62,15 @@ def image_rule_from_template(template) -> ImageTokenRule:
 
 def counter_from_template(template) -> LengthCounter:
     """A counter over the template's own Rust tokenizer (shared: parsing a 150k vocab costs ~0.1 s),
-    measuring missing frames with the template."""
+    measuring missing frames with the template, calibrated for messages records (:func:`chat_frame`)."""
     backend = template.processor.tokenizer.backend_tokenizer
-    return LengthCounter(backend, image_rule_from_template(template),
-                         measure_frame=functools.partial(measure_frame, template))
+    counter = LengthCounter(backend, image_rule_from_template(template),
+                            measure_frame=functools.partial(measure_frame, template))
+    try:
+        counter.chat = chat_frame(template, counter)
+    except ChatLayoutError as e:  # LVIS records still count; messages records refuse with this reason
+        counter.chat_error = str(e)
+    return counter
 
 
 def measure_frame(template, counter: LengthCounter, user_text: str, num_images: int) -> int:
@@ -70,6 +88,147 @@ def measure_frame(template, counter: LengthCounter, user_text: str, num_images: 
         raise RuntimeError(f"calibration image gave {pads} image tokens, the resize rule says {image_tokens}: "
                            "the template's image path differs from ImageTokenRule")
     return len(encoded["input_ids"]) - counter.text_tokens([probe])[0] - image_tokens
+
+
+class ChatLayoutError(RuntimeError):
+    """The template lays out conversations in a way the messages counter does not model."""
+
+
+def _u(text):
+    return {"role": "user", "content": text}
+
+
+def _a(text):
+    return {"role": "assistant", "content": text}
+
+
+def _s(text):
+    return {"role": "system", "content": text}
+
+
+# Calibration conversations. The first four give the fast count's constants (one turn; + system;
+# + a round; + an image); all are then counted both ways and compared with template.encode, on
+# awkward seams: leading / trailing spaces and newlines next to the chat markers, unicode (NFC
+# composition, CJK), images first / last / adjacent, an empty user text, an empty system (= none).
+CHAT_PROBES = (
+    (_u("a"), _a("b")),
+    (_s("s"), _u("a"), _a("b")),
+    (_u("a"), _a("b"), _u("c"), _a("d")),
+    (_u("<image>a"), _a("b")),
+    (_s("\n  Be brief. \n"), _u("\n\nLook <image>\n"), _a("\n\n dog \n"), _u("<image><image>"),
+     _a("  nai\u0308ve café 日本語\t\n\n"), _u(""), _a(" ok")),
+    (_u(" \n<image>x\n\n<image>"), _a("\n\n  [1, 2]")),
+    (_s(""), _u("\u0301q  "), _a("a\n")),
+)
+
+
+def chat_frame(template, counter: LengthCounter) -> ChatFrame:
+    """The template's chat layout for :meth:`LengthCounter.count_messages`, read off the template,
+    its constants measured by encoding, checked on :data:`CHAT_PROBES`; ``ChatLayoutError`` if the
+    template lays conversations out otherwise (a setting, a piece that is not text, a mismatch).
+
+    qwen3_vl on the tiny model: prompt ``"<|im_start|>user\n{{QUERY}}<|im_end|>\n<|im_start|>assistant\n"``,
+    heads ``"system\n"`` / ``"user\n"`` / ``"assistant\n"``, losses (0, 1, 1) and constants
+    first_turn 8, next_turn 8, system 3, per_image 2.
+    """
+    from PIL import Image
+    from swift.loss_scale import LossScale
+    from swift.template.template_inputs import StdTemplateInputs
+
+    meta = template.template_meta
+    problems = [what for bad, what in [
+        (not template.use_chat_template, "use_chat_template is off"),
+        (template.template_backend != "swift", f"template_backend is {template.template_backend!r}"),
+        (bool(meta.is_post_system), "the system prompt goes after the query (is_post_system)"),
+        (bool(meta.auto_add_bos), "a BOS token is added (auto_add_bos)"),
+        (not meta.support_multi_round, "the template keeps only the last round"),
+        (bool(template.add_non_thinking_prefix and meta.non_thinking_prefix),
+         f"responses get the prefix {meta.non_thinking_prefix!r}"),
+        (not template._get_preserve_thinking(), "history responses lose their thinking part"),
+        (type(template.loss_scale) is not LossScale or template.loss_scale.base_strategy not in LOSS_LAYOUTS,
+         f"loss_scale {template._loss_scale!r} may split responses"),
+        (meta.system_prefix is None, "the template has no system prompt"),
+    ] if bad]
+    if problems:
+        raise ChatLayoutError(f"template {meta.template_type}: " + "; ".join(problems))
+    pieces = {name: _text(getattr(meta, name), name) for name in ("prefix", "system_prefix", "prompt", "chat_sep",
+                                                                   "suffix")}
+    probe_inputs = StdTemplateInputs(messages=[], images=[Image.new("RGB", CALIBRATION_IMAGE, (127, 127, 127))])
+    image = _text(template.replace_tag("image", 0, probe_inputs), "replace_tag('image')")
+    image_pad = template.processor.tokenizer.convert_ids_to_tokens(template.image_token_id)
+    added = [t.content for t in template.processor.tokenizer.backend_tokenizer.get_added_tokens_decoder().values()]
+    system_before, system_after = _around(pieces["system_prefix"], "{{SYSTEM}}")
+    query_before, query_after = _around(pieces["prompt"], "{{QUERY}}")
+    cuts = {"after {{SYSTEM}}": system_after, "after {{QUERY}}": query_after, "chat_sep": pieces["chat_sep"],
+            "suffix": pieces["suffix"], "the image string": image}
+    not_cut = [name for name, text in cuts.items() if not text.startswith(tuple(added))]
+    if not image.endswith(tuple(added)) or image_pad not in image:
+        not_cut.append("the image string's end")
+    if not_cut:
+        raise ChatLayoutError(f"template {meta.template_type}: no added token starts {', '.join(not_cut)}, so "
+                              "the text next to it would tokenize together with the content")
+    frame_loss, history_loss, last_loss = LOSS_LAYOUTS[template.loss_scale.base_strategy]
+    frame = ChatFrame(**pieces, image=image, image_pad=image_pad, default_system=meta.default_system,
+                      frame_loss=frame_loss, history_loss=history_loss, last_loss=last_loss,
+                      system_head=_head(system_before, added), user_head=_head(query_before, added),
+                      assistant_head=_head(query_after, added))
+    rest = [_fast_rest(template, counter, frame, probe) for probe in CHAT_PROBES[:4]]
+    frame = dataclasses.replace(frame, first_turn=rest[0], system=rest[1] - rest[0], next_turn=rest[2] - rest[0],
+                                per_image=rest[3] - rest[0])
+    check = LengthCounter(template.processor.tokenizer.backend_tokenizer, counter.rule, chat=frame)
+    for probe in CHAT_PROBES:
+        total, n = _encoded(template, counter, probe)
+        sizes = [CALIBRATION_IMAGE] * n
+        fast, exact = check.count_messages(probe, sizes), check.count_messages_exact(probe, sizes)
+        if not fast.total_tokens == exact.total_tokens == total:
+            raise ChatLayoutError(f"template {meta.template_type}: calibration conversation {list(probe)} encodes to "
+                                  f"{total} tokens, counted {fast.total_tokens} (fast) / {exact.total_tokens} (exact)")
+    return frame
+
+
+def _text(contexts, name: str) -> str:
+    if contexts is None:
+        return ""
+    if not all(isinstance(c, str) for c in contexts):
+        raise ChatLayoutError(f"template meta {name} holds token ids, not text: {contexts!r}")
+    return "".join(contexts)  # ms-swift joins neighbouring strings of equal loss before tokenizing
+
+
+def _around(text: str, placeholder: str) -> tuple[str, str]:
+    if text.count(placeholder) != 1:
+        raise ChatLayoutError(f"expected {placeholder} once in {text!r}")
+    before, after = text.split(placeholder)
+    return before, after
+
+
+def _head(text: str, added: list) -> str:
+    """The text after the last added token: it tokenizes together with what follows."""
+    ends = [text.rfind(t) + len(t) for t in added if t in text]
+    if not ends:
+        raise ChatLayoutError(f"no added token in {text!r} before the content")
+    return text[max(ends):]
+
+
+def _encoded(template, counter: LengthCounter, messages) -> tuple[int, int]:
+    """(input_ids length, number of images) of a calibration conversation with 64x64 in-memory images."""
+    from PIL import Image
+
+    n = sum(m["content"].count("<image>") for m in messages)
+    row = {"messages": [dict(m) for m in messages],
+           "images": [Image.new("RGB", CALIBRATION_IMAGE, (127, 127, 127)) for _ in range(n)]}
+    ids = template.encode(row)["input_ids"]
+    if ids.count(template.image_token_id) != n * counter.image_tokens(*CALIBRATION_IMAGE):
+        raise RuntimeError(f"calibration images gave {ids.count(template.image_token_id)} image tokens, the resize "
+                           f"rule says {n} x {counter.image_tokens(*CALIBRATION_IMAGE)}: the template's image path "
+                           "differs from ImageTokenRule")
+    return len(ids), n
+
+
+def _fast_rest(template, counter: LengthCounter, frame: ChatFrame, messages) -> int:
+    """Tokens of an encoded calibration conversation outside the fast count's content pieces and images."""
+    total, n = _encoded(template, counter, messages)
+    pieces, _ = content_pieces(frame, messages)
+    return total - sum(counter.text_tokens(pieces)) - n * counter.image_tokens(*CALIBRATION_IMAGE)
 
 
 def load_template(model_path, *, model_type: str = "qwen3_vl", template_type: str = "qwen3_vl",
@@ -114,7 +273,7 @@ def load_counter(model_path, *, model_type: str = "qwen3_vl", template_type: str
                  clear_cache: bool = False) -> LengthCounter:
     """A LengthCounter calibrated for ``user_texts`` (one image each), from cache when possible.
 
-    The cache entry (tokenizer, image rule, calibrated frames) is keyed by the model folder's
+    The cache entry (tokenizer, image rule, calibrated frames, chat layout) is keyed by the model folder's
     tokenizer/processor/config files, template type, max_pixels, the resize environment variables
     and package versions, so a rerun skips importing ms-swift and loading the processor.
     """
@@ -129,12 +288,15 @@ def load_counter(model_path, *, model_type: str = "qwen3_vl", template_type: str
             state = json.loads(path.read_text(encoding="utf-8"))
             return LengthCounter.from_state({
                 "tokenizer_json": state["tokenizer_json"], "rule": ImageTokenRule(**state["rule"]),
-                "frames": {(t, n): v for t, n, v in state["frames"]}})
+                "frames": {(t, n): v for t, n, v in state["frames"]},
+                "chat": None if state["chat"] is None else ChatFrame(**state["chat"]),
+                "chat_error": state["chat_error"]})
     template = load_template(model_path, model_type=model_type, template_type=template_type, max_pixels=max_pixels)
     counter = counter_from_template(template)
     state = counter.state((t, 1) for t in user_texts)
     if path is not None:
         atomic_write_text(path, json.dumps({
             "tokenizer_json": state["tokenizer_json"], "rule": state["rule"].to_dict(),
-            "frames": [[t, n, v] for (t, n), v in sorted(state["frames"].items())]}))
+            "frames": [[t, n, v] for (t, n), v in sorted(state["frames"].items())],
+            "chat": None if state["chat"] is None else state["chat"].to_dict(), "chat_error": state["chat_error"]}))
     return counter
