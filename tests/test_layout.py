@@ -168,7 +168,8 @@ def test_one_aspect_ratio_limit():
     assert ImageTokenRule.__dataclass_fields__["max_ratio"].default == MAX_ASPECT_RATIO == 200
     for name in MODULES:
         for node in ast.walk(ast.parse(MODULES[name].read_text())):
-            if isinstance(node, ast.Assign) and any("RATIO" in ast.unparse(t) for t in node.targets):
+            if isinstance(node, ast.Assign) and any(ast.unparse(t).endswith(("ASPECT_RATIO", "MAX_RATIO"))
+                                                    for t in node.targets):
                 assert name == "swift_plugins.data.image_size", f"{name}:{node.lineno}: a second aspect-ratio limit"
 
 

@@ -41,7 +41,7 @@ import re
 from typing import Any
 
 from swift_plugins.data.image_size import MAX_ASPECT_RATIO
-from swift_plugins.data.records import RecordError, _Problem, image_header_size, show_value
+from swift_plugins.data.problems import Problem, RecordError, image_header_size, show_value
 
 __all__ = ["IMAGE_TAG", "MESSAGE_ROLES", "RESERVED_TEXTS", "check_messages_record", "image_paths",
            "messages_image_sizes", "messages_to_swift_row", "split_image_tags"]
@@ -112,17 +112,17 @@ def messages_to_swift_row(record: dict, *, base_dir) -> dict:
 
 # ----------------------------------------------------------------------------------- validation
 def check_messages_record(rec: dict, base_dir: str, *, read_images: bool) -> list[tuple[int, int]] | None:
-    """Raise the record's first problem as ``_Problem``; with ``read_images`` return each image's (w, h).
+    """Raise the record's first problem as ``Problem``; with ``read_images`` return each image's (w, h).
 
     Cheap structural checks first, the image headers on disk last (as for LVIS records).
     """
     for key, (what, fix) in UNSUPPORTED_RECORD_FIELDS.items():
         if rec.get(key):  # an empty list / null / "" changes nothing in ms-swift
-            raise _Problem("unsupported_field", key, what, fix)
+            raise Problem("unsupported_field", key, what, fix)
     msgs = rec["messages"]
     if not isinstance(msgs, list) or not msgs:
         got = "an empty list" if isinstance(msgs, list) else show_value(msgs)
-        raise _Problem("bad_messages", "messages", f"expected a non-empty list of messages, got {got}",
+        raise Problem("bad_messages", "messages", f"expected a non-empty list of messages, got {got}",
                        'write "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]')
     for i, m in enumerate(msgs):
         _check_message(m, i)
@@ -130,20 +130,20 @@ def check_messages_record(rec: dict, base_dir: str, *, read_images: bool) -> lis
     images = rec.get("images")
     images = [] if images is None else images
     if not isinstance(images, list):
-        raise _Problem("bad_images", "images", f"expected a list of image paths, got {show_value(images)}",
+        raise Problem("bad_images", "images", f"expected a list of image paths, got {show_value(images)}",
                        'write "images": ["path/to/image.jpg", ...]')
     for i, image in enumerate(images):
         if not isinstance(image, str) or not image:
-            raise _Problem("bad_images", f"images[{i}]", f"expected an image path (a non-empty string), got "
+            raise Problem("bad_images", f"images[{i}]", f"expected an image path (a non-empty string), got "
                            f"{show_value(image)}", "write the path relative to the JSONL's folder or absolute")
         if image.startswith(_REMOTE_PREFIXES):
-            raise _Problem("unsupported_field", f"images[{i}]", f"{show_value(image)}: remote or inline images "
+            raise Problem("unsupported_field", f"images[{i}]", f"{show_value(image)}: remote or inline images "
                            "are not supported", "store the image as a file and give its path")
     tags = 0
     for i, m in enumerate(msgs):
         tags += _check_content(m, i, has_images=bool(images))
     if tags != len(images):
-        raise _Problem("image_count", "images", f"{tags} <image> tag{'s' if tags != 1 else ''} in the user turns "
+        raise Problem("image_count", "images", f"{tags} <image> tag{'s' if tags != 1 else ''} in the user turns "
                        f"but {len(images)} image{'s' if len(images) != 1 else ''}",
                        "give one image per <image> tag, in the order of the tags")
     if not read_images:
@@ -152,7 +152,7 @@ def check_messages_record(rec: dict, base_dir: str, *, read_images: bool) -> lis
     for i, image in enumerate(images):
         w, h = image_header_size(image, base_dir, f"images[{i}]")
         if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
-            raise _Problem("aspect_ratio", f"images[{i}]",
+            raise Problem("aspect_ratio", f"images[{i}]",
                            f"aspect ratio {max(w, h) / min(w, h):.1f} ({w}x{h}) exceeds {MAX_ASPECT_RATIO}",
                            "the Qwen-VL resize refuses it; crop or pad the image")
         sizes.append((w, h))
@@ -162,51 +162,51 @@ def check_messages_record(rec: dict, base_dir: str, *, read_images: bool) -> lis
 def _check_message(m: Any, i: int) -> None:
     where = f"messages[{i}]"
     if not isinstance(m, dict):
-        raise _Problem("bad_message", where, f"expected an object, got {show_value(m)}",
+        raise Problem("bad_message", where, f"expected an object, got {show_value(m)}",
                        'write {"role": "user" | "assistant" | "system", "content": "..."}')
     for key in ("role", "content"):
         if key not in m:
-            raise _Problem("bad_message", f"{where}.{key}", "missing",
+            raise Problem("bad_message", f"{where}.{key}", "missing",
                            'write {"role": "user" | "assistant" | "system", "content": "..."}')
     role = m["role"]
     if not isinstance(role, str):
-        raise _Problem("bad_message", f"{where}.role", f"expected a string, got {show_value(role)}",
+        raise Problem("bad_message", f"{where}.role", f"expected a string, got {show_value(role)}",
                        "use system, user or assistant")
     if role in TOOL_ROLES:
-        raise _Problem("unsupported_role", f"{where}.role", f"{show_value(role)}: tool turns are not supported yet",
+        raise Problem("unsupported_role", f"{where}.role", f"{show_value(role)}: tool turns are not supported yet",
                        "drop tool calls and results; use system, user and assistant turns")
     if role not in MESSAGE_ROLES:
-        raise _Problem("unknown_role", f"{where}.role", f"unknown role {show_value(role)}",
+        raise Problem("unknown_role", f"{where}.role", f"unknown role {show_value(role)}",
                        "use system, user or assistant; sharegpt's human / gpt are not read here")
     for key in UNSUPPORTED_MESSAGE_FIELDS:
         if key in m:
-            raise _Problem("unsupported_field", f"{where}.{key}", "not supported yet",
+            raise Problem("unsupported_field", f"{where}.{key}", "not supported yet",
                            "drop the key; every assistant turn is trained on, every other turn is not")
     content = m["content"]
     if not isinstance(content, str):
         what = ("a list of content parts is not supported yet" if isinstance(content, list)
                 else f"expected a string, got {show_value(content)}")
-        raise _Problem("unsupported_content", f"{where}.content", what,
+        raise Problem("unsupported_content", f"{where}.content", what,
                        'write the turn as one string with <image> tags and list the images in "images"')
 
 
 def _check_order(msgs: list) -> None:
     for i, m in enumerate(msgs[1:], start=1):
         if m["role"] == "system":
-            raise _Problem("role_order", f"messages[{i}].role", "a system message after the first message",
+            raise Problem("role_order", f"messages[{i}].role", "a system message after the first message",
                            "only the first message may be the system prompt; move or merge it")
     start = 1 if msgs[0]["role"] == "system" else 0
     if start == len(msgs):
-        raise _Problem("role_order", "messages", "only a system message",
+        raise Problem("role_order", "messages", "only a system message",
                        "add a user turn and the assistant's answer")
     for i in range(start, len(msgs)):
         expected = "user" if (i - start) % 2 == 0 else "assistant"
         if msgs[i]["role"] != expected:
-            raise _Problem("role_order", f"messages[{i}].role", f"expected {expected}, got {msgs[i]['role']}",
+            raise Problem("role_order", f"messages[{i}].role", f"expected {expected}, got {msgs[i]['role']}",
                            "turns alternate user, assistant, user, ... after the optional system message; "
                            "merge consecutive turns of one role")
     if msgs[-1]["role"] != "assistant":
-        raise _Problem("role_order", f"messages[{len(msgs) - 1}].role", "the conversation ends with a user turn",
+        raise Problem("role_order", f"messages[{len(msgs) - 1}].role", "the conversation ends with a user turn",
                        "end with the assistant's answer; drop the unanswered user turn")
 
 
@@ -214,25 +214,25 @@ def _check_content(m: dict, i: int, *, has_images: bool) -> int:
     """Problems inside one turn's text; returns its number of ``<image>`` tags (user turns)."""
     where, role, text = f"messages[{i}].content", m["role"], m["content"]
     if role == "assistant" and not text.strip():
-        raise _Problem("empty_response", where, "empty assistant turn" if not text else "whitespace-only "
+        raise Problem("empty_response", where, "empty assistant turn" if not text else "whitespace-only "
                        "assistant turn", "write the answer the model should learn, or drop this turn and the "
                        "user turn before it")
     for tag in UNSUPPORTED_TAGS:
         if tag in text:
-            raise _Problem("unsupported_tag", where, f"{tag} tag: {tag[1:-1]} inputs are not supported yet",
+            raise Problem("unsupported_tag", where, f"{tag} tag: {tag[1:-1]} inputs are not supported yet",
                            f"remove the {tag} tag")
     if not has_images and role != "system" and _IMG_ELEMENT.search(text):
-        raise _Problem("unsupported_tag", where, "<img>...</img> in a record without images: ms-swift would read "
+        raise Problem("unsupported_tag", where, "<img>...</img> in a record without images: ms-swift would read "
                        "it as an image", 'list the image in "images" and write an <image> tag')
     reserved = RESERVED_TEXTS + (USER_PLACEHOLDERS if role == "user" else ())
     for token in reserved:
         if token in text:
-            raise _Problem("reserved_text", where, f"contains {token}, which ms-swift does not encode as text",
+            raise Problem("reserved_text", where, f"contains {token}, which ms-swift does not encode as text",
                            f"remove or rewrite {token}")
     tags = text.count(IMAGE_TAG)
     if tags and role != "user":
         place = "the system prompt" if role == "system" else "an assistant turn"
-        raise _Problem("image_tag_position", where, f"an <image> tag in {place}",
+        raise Problem("image_tag_position", where, f"an <image> tag in {place}",
                        "put <image> tags in user turns only")
     return tags
 
@@ -245,5 +245,5 @@ def messages_image_sizes(record: dict, *, path: str, line: int, base_dir: str) -
     """
     try:
         return check_messages_record(record, base_dir, read_images=True)
-    except _Problem as p:
+    except Problem as p:
         raise RecordError(path, line, p.field, p.message, p.kind) from None

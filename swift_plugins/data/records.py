@@ -42,7 +42,9 @@ import os
 from typing import Any, Optional
 
 from swift_plugins.data.image_size import MAX_ASPECT_RATIO
-from swift_plugins.errors import UserError
+from swift_plugins.data.messages import check_messages_record
+from swift_plugins.data.problems import (OptionNotImplementedError, Problem, RecordError, image_header_size, json_type,
+                                         show_value)
 
 __all__ = ["LVIS_KEYS", "MESSAGES_KEYS", "ON_ERROR_CHOICES", "OptionNotImplementedError", "RECORD_FORMATS",
            "RecordError", "parse_record", "record_kind", "show_value", "validate_record"]
@@ -54,33 +56,6 @@ MESSAGES_KEYS = ("messages", "images")
 # Keys only an LVIS record has: they (and "messages" for the other kind) decide the kind under "auto".
 _LVIS_ONLY_KEYS = ("width", "height", "objects")
 
-
-# --------------------------------------------------------------------------------------- errors
-class RecordError(UserError):
-    """One bad record: ``str(e) == f"{path}:{line}: {field}: {message}"``.
-
-    ``message`` is "what is wrong (fix)"; ``kind`` is a stable short code (``"bbox_inverted"``,
-    ``"image_missing"``, ...) used to count skipped records by reason.
-    """
-
-    def __init__(self, path: str, line: int, field: str, message: str, kind: str):
-        self.path, self.line, self.field, self.message, self.kind = str(path), line, field, message, kind
-        super().__init__(f"{self.path}:{line}: {field}: {message}")
-
-    def __reduce__(self):  # picklable across worker processes
-        return (RecordError, (self.path, self.line, self.field, self.message, self.kind))
-
-
-class OptionNotImplementedError(UserError, NotImplementedError):
-    """An option the config schema accepts but this code does not implement (never ignored)."""
-
-
-class _Problem(Exception):
-    """Internal: a record problem before the path/line are attached."""
-
-    def __init__(self, kind: str, field: str, what: str, fix: str):
-        super().__init__(kind, field, what, fix)
-        self.kind, self.field, self.message = kind, field, f"{what} ({fix})"
 
 # ----------------------------------------------------------------------------------- validation
 def parse_record(text: str | bytes, *, path: str = "<record>", line: int = 0) -> dict:
@@ -96,7 +71,7 @@ def parse_record(text: str | bytes, *, path: str = "<record>", line: int = 0) ->
         raise RecordError(path, line, "<json>", f"invalid JSON: {e.msg} at column {e.colno} "
                           "(write exactly one JSON object per line)", "invalid_json") from None
     if not isinstance(record, dict):
-        raise RecordError(path, line, "<record>", f"expected a JSON object, got {_json_type(record)} "
+        raise RecordError(path, line, "<record>", f"expected a JSON object, got {json_type(record)} "
                           "(write exactly one JSON object per line)", "not_an_object")
     return record
 
@@ -117,10 +92,8 @@ def validate_record(record: Any, *, path: str = "<record>", line: int = 0, base_
         if kind == "lvis":
             _validate(record, base, check_images)
         else:
-            from swift_plugins.data import messages  # imports this module: bound at first use
-
-            messages.check_messages_record(record, base, read_images=check_images)
-    except _Problem as p:
+            check_messages_record(record, base, read_images=check_images)
+    except Problem as p:
         raise RecordError(path, line, p.field, p.message, p.kind) from None
     return record
 
@@ -141,7 +114,7 @@ def record_kind(record: Any, record_format: str = "auto", *, path: str = "<recor
     if record_format not in RECORD_FORMATS:
         raise ValueError(f"record_format: {record_format!r} is not one of {list(RECORD_FORMATS)}")
     if not isinstance(record, dict):
-        raise RecordError(path, line, "<record>", f"expected a JSON object, got {_json_type(record)} "
+        raise RecordError(path, line, "<record>", f"expected a JSON object, got {json_type(record)} "
                           "(write exactly one JSON object per line)", "not_an_object")
     has_messages = "messages" in record
     lvis_keys = [k for k in _LVIS_ONLY_KEYS if k in record]
@@ -180,51 +153,41 @@ def _keys(keys) -> str:
     return shown + (f", ... (+{len(keys) - 6})" if len(keys) > 6 else "")
 
 
-def _json_type(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
-
-
-def show_value(v: Any) -> str:
-    s = json.dumps(v, ensure_ascii=False) if isinstance(v, (str, int, float, bool, type(None))) else _json_type(v)
-    return s if len(s) <= 40 else s[:37] + "..."
-
-
 def _validate(rec: Any, base_dir: str, check_images: bool) -> None:
     if not isinstance(rec, dict):
-        raise _Problem("not_an_object", "<record>", f"expected a JSON object, got {_json_type(rec)}",
+        raise Problem("not_an_object", "<record>", f"expected a JSON object, got {json_type(rec)}",
                        "write exactly one JSON object per line")
     # images
     if "images" not in rec:
-        raise _Problem("missing_images", "images", "missing",
+        raise Problem("missing_images", "images", "missing",
                        'add "images": ["path/to/image.jpg"], relative to the JSONL\'s folder')
     images = rec["images"]
     if not (isinstance(images, list) and len(images) == 1 and isinstance(images[0], str) and images[0]):
-        raise _Problem("bad_images", "images", f"expected a list of exactly one image path, got {show_value(images)}"
+        raise Problem("bad_images", "images", f"expected a list of exactly one image path, got {show_value(images)}"
                        + (f" with {len(images)} entries" if isinstance(images, list) else ""),
                        'write "images": ["path/to/image.jpg"]')
     # width / height
     size = {}
     for key in ("width", "height"):
         if key not in rec:
-            raise _Problem("missing_size", key, "missing", f"add the stored image's {key} in pixels as an integer")
+            raise Problem("missing_size", key, "missing", f"add the stored image's {key} in pixels as an integer")
         v = rec[key]
         if type(v) is not int or v <= 0:
-            raise _Problem("bad_size", key, f"expected a positive integer, got {show_value(v)}",
+            raise Problem("bad_size", key, f"expected a positive integer, got {show_value(v)}",
                            f"write the stored image's {key} in pixels as an integer")
         size[key] = v
     w, h = size["width"], size["height"]
     if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
-        raise _Problem("aspect_ratio", "width/height",
+        raise Problem("aspect_ratio", "width/height",
                        f"aspect ratio {max(w, h) / min(w, h):.1f} ({w}x{h}) exceeds {MAX_ASPECT_RATIO}",
                        "the Qwen-VL resize refuses it; crop or pad the image")
     # objects
     if "objects" not in rec or not isinstance(rec["objects"], list):
         got = "missing" if "objects" not in rec else f"expected a list, got {show_value(rec['objects'])}"
-        raise _Problem("missing_objects", "objects", got, 'add "objects": [{"desc": ..., "poly": [...]}, ...]')
+        raise Problem("missing_objects", "objects", got, 'add "objects": [{"desc": ..., "poly": [...]}, ...]')
     objects = rec["objects"]
     if not objects:
-        raise _Problem("no_objects", "objects", "empty list", "a record needs at least one object; drop the record")
+        raise Problem("no_objects", "objects", "empty list", "a record needs at least one object; drop the record")
     for i, obj in enumerate(objects):
         _validate_object(obj, f"objects[{i}]", w, h)
     if check_images:
@@ -233,39 +196,39 @@ def _validate(rec: Any, base_dir: str, check_images: bool) -> None:
 
 def _validate_object(obj: Any, where: str, w: int, h: int) -> None:
     if not isinstance(obj, dict):
-        raise _Problem("bad_object", where, f"expected an object, got {show_value(obj)}",
+        raise Problem("bad_object", where, f"expected an object, got {show_value(obj)}",
                        'write {"desc": ..., "poly": [...]} or {"desc": ..., "bbox_2d": [...]}')
     desc = obj.get("desc")
     if not isinstance(desc, str) or not desc.strip():
         what = "missing" if "desc" not in obj else f"expected a non-empty string, got {show_value(desc)}"
-        raise _Problem("missing_desc", f"{where}.desc", what, "give the object's category name")
+        raise Problem("missing_desc", f"{where}.desc", what, "give the object's category name")
     has_poly, has_bbox = "poly" in obj, "bbox_2d" in obj
     if has_poly == has_bbox:
         what = 'has both "poly" and "bbox_2d"' if has_poly else 'has neither "poly" nor "bbox_2d"'
-        raise _Problem("ambiguous_geometry" if has_poly else "missing_geometry", where, what,
+        raise Problem("ambiguous_geometry" if has_poly else "missing_geometry", where, what,
                        "give exactly one geometry per object")
     if has_poly:
         field_, v = f"{where}.poly", obj["poly"]
         if not isinstance(v, list):
-            raise _Problem("poly_non_numeric", field_, f"expected a list of numbers, got {show_value(v)}",
+            raise Problem("poly_non_numeric", field_, f"expected a list of numbers, got {show_value(v)}",
                            "write the polygon as [x1, y1, x2, y2, ...]")
         _check_numbers(v, field_, "poly_non_numeric")
         if len(v) % 2:
-            raise _Problem("poly_odd_length", field_,
+            raise Problem("poly_odd_length", field_,
                            f"odd number of values ({len(v)}); a polygon is x1, y1, x2, y2, ...",
                            "give every point both coordinates")
         if len(v) < 6:
-            raise _Problem("poly_too_few_points", field_, f"{len(v) // 2} point(s); a polygon needs at least 3",
+            raise Problem("poly_too_few_points", field_, f"{len(v) // 2} point(s); a polygon needs at least 3",
                            "drop the object or give it a bbox_2d")
     else:
         field_, v = f"{where}.bbox_2d", obj["bbox_2d"]
         if not isinstance(v, list) or len(v) != 4:
             got = f"{len(v)} values" if isinstance(v, list) else show_value(v)
-            raise _Problem("bbox_arity", field_, f"expected 4 values [x1, y1, x2, y2], got {got}",
+            raise Problem("bbox_arity", field_, f"expected 4 values [x1, y1, x2, y2], got {got}",
                            "write the box as [x1, y1, x2, y2] in pixels (convert [x, y, w, h] first)")
         _check_numbers(v, field_, "bbox_non_numeric")
         if v[2] < v[0] or v[3] < v[1]:
-            raise _Problem("bbox_inverted", field_, f"x2 < x1 or y2 < y1 in {json.dumps(v)}",
+            raise Problem("bbox_inverted", field_, f"x2 < x1 or y2 < y1 in {json.dumps(v)}",
                            "write the box as [x1, y1, x2, y2] with the top-left corner first")
     _check_range(v, field_, w, h)
 
@@ -279,7 +242,7 @@ def _check_numbers(values: list, field_: str, kind: str) -> None:
         return
     for i, v in enumerate(values):
         if type(v) not in _NUMBER_TYPES or not math.isfinite(v):
-            raise _Problem(kind, field_, f"value {i} is {show_value(v)}, not a finite number",
+            raise Problem(kind, field_, f"value {i} is {show_value(v)}, not a finite number",
                            "write coordinates as plain JSON numbers")
 
 
@@ -290,28 +253,12 @@ def _check_range(values: list, field_: str, w: int, h: int) -> None:
     for i, v in enumerate(values):
         axis, limit = ("x", w) if i % 2 == 0 else ("y", h)
         if not 0 <= v <= limit:
-            raise _Problem("coord_out_of_range", field_, f"{axis} = {show_value(v)} (value {i}) is outside "
+            raise Problem("coord_out_of_range", field_, f"{axis} = {show_value(v)} (value {i}) is outside "
                            f"the image [0, {limit}]", "clamp coordinates to the image or fix width/height")
 
 
 def _validate_image(image: str, base_dir: str, w: int, h: int) -> None:
     iw, ih = image_header_size(image, base_dir, "images[0]")
     if (iw, ih) != (w, h):
-        raise _Problem("image_size_mismatch", "images[0]", f"the image is {iw}x{ih} but the record says "
+        raise Problem("image_size_mismatch", "images[0]", f"the image is {iw}x{ih} but the record says "
                        f"width={w}, height={h}", "set width/height to the stored image's size")
-
-
-
-def image_header_size(image: str, base_dir: str, field_: str) -> tuple[int, int]:
-    """(width, height) from the image file's header (PIL, no pixel decoding); kinds image_missing / image_unreadable."""
-    full = image if os.path.isabs(image) else os.path.join(base_dir, image)
-    if not os.path.isfile(full):
-        raise _Problem("image_missing", field_, f"file not found: {full}",
-                       "fix the path; relative paths resolve against the JSONL's folder")
-    from PIL import Image  # header only: Image.open is lazy, .size needs no pixel decoding
-    try:
-        with Image.open(full) as im:
-            return im.size
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-        raise _Problem("image_unreadable", field_, f"cannot read the image header of {full}: "
-                       f"{type(e).__name__}: {e}", "re-encode the image as JPEG or PNG") from None
