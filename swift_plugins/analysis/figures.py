@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from swift_plugins.analysis.outputs import Analysis, fmt_int, fmt_pct, variant_text
+from swift_plugins.analysis.outputs import Analysis, fmt_int, fmt_pct, inputs_text, variant_text
 from swift_plugins.files import atomic_write_bytes
 from swift_plugins.packing.planner import DEFAULT_STRATEGY
 
@@ -49,7 +49,8 @@ def plot_token_distribution(analysis: Analysis, path: str, *, recommended: Optio
     st = analysis.stats
     thousands = FuncFormatter(lambda x, _: f"{x:,.0f}")
     fig, axes = plt.subplots(2, 2, figsize=(14, 10))
-    fig.suptitle(f"Tokens per sample: {fmt_int(len(total))} samples of {st.get('inputs', {}).get('train_jsonl', '')}",
+    files = inputs_text(st.get("inputs", {})).replace("`", "")
+    fig.suptitle(f"Tokens per sample: {fmt_int(len(total))} samples of {files}",
                  fontsize=14)
 
     ax = axes[0, 0]

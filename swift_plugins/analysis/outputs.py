@@ -266,6 +266,12 @@ def find_simulation(simulations: Sequence[dict], global_max_length: int, strateg
                     f"--max_lengths {','.join(map(str, sorted(set(lengths) | {global_max_length})))}")
 
 
+def inputs_text(inputs: dict) -> str:
+    """The analysed files as one line: ``a.jsonl`` or ``a.jsonl + b.jsonl`` (older analyses: one str)."""
+    paths = inputs.get("train_jsonl") or []
+    return " + ".join(f"`{p}`" for p in ([paths] if isinstance(paths, str) else paths))
+
+
 def variant_text(entry: dict) -> str:
     """``ffd, one window`` / ``ffd, buffer 256, min fill 0.7, drop_last true`` / ``..., overlong split``."""
     text = _variant_core(entry)

@@ -1,13 +1,15 @@
 """`scripts/analyze_token_lengths.py`: exact token lengths, packing simulations and a recommended config.
 
-    python scripts/analyze_token_lengths.py --model_path M --train_jsonl J \\
+    python scripts/analyze_token_lengths.py --model_path M --train_jsonl A.jsonl [B.jsonl ...] \\
         --output_dir docs/temp_packed_dataset --max_samples 0
 
 writes into ``--output_dir`` (each atomically):
 
-    dataset_stats.json        num_samples, mean/median/max/p95/p99 of total, text and image tokens, skips
-    sample_stats.jsonl        one line per record: line, text_tokens, image_tokens, total_tokens, num_objects
-    packing_simulations.json  one entry per (global_max_length, strategy[, buffer]) from swift_plugins.packing
+    dataset_stats.json        num_samples, mean/median/max/p95/p99 of total, text and image tokens, skips,
+                              and the same per file (``files``)
+    sample_stats.jsonl        one line per record: file (index into inputs.train_jsonl), line, kind (lvis |
+                              messages), text_tokens, image_tokens, total_tokens, num_objects, num_images
+    packing_simulations.json  one entry per (global_max_length, strategy[, buffer], overlong drop | split)
     recommendations.json      recommended global_max_length + the numbers behind it
     skipped_records.jsonl     every record left out under --on_error skip, with its reason
     analysis_full.log         everything printed, plus timings
@@ -29,13 +31,15 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+from swift_plugins.analysis.counting import count_files, file_rows, split_files
 from swift_plugins.analysis.simulate import auto_max_lengths, dataset_stats, recommend, simulate
 from swift_plugins.data.conversation import EMIT_NORMS, OBJECT_ORDERINGS, ConversationOptions
-from swift_plugins.data.records import ON_ERROR_CHOICES
+from swift_plugins.data.reader import write_skip_report
+from swift_plugins.data.records import ON_ERROR_CHOICES, RECORD_FORMATS
 from swift_plugins.errors import UserError, run_main
 from swift_plugins.files import atomic_write_text
+from swift_plugins.lengths.dataset import KIND_CODES
 from swift_plugins.packing.planner import DEFAULT_STRATEGY, STRATEGIES
-from swift_plugins.packing.samples import split_overlong
 
 # Detection records are split, not dropped, when too long: every object of a dense scene is trained.
 DETECTION_OVERLONG = "split"
@@ -53,9 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("inputs")
     g.add_argument("--model_path", required=True, help="local model folder (tokenizer + processor; weights unused)")
-    g.add_argument("--train_jsonl", required=True, help="detection JSONL (see public_data/README.md)")
+    g.add_argument("--train_jsonl", required=True, nargs="+",
+                   help="one or more JSONL files: LVIS detection records and / or ms-swift messages rows "
+                        "(see public_data/README.md)")
+    g.add_argument("--record_format", choices=RECORD_FORMATS, default="auto",
+                   help="kind of the records: lvis, messages, auto (each record by its keys)")
     g.add_argument("--output_dir", default="docs/temp_packed_dataset", help="where the outputs are written")
-    g.add_argument("--max_samples", type=int, default=0, help="analyse only the first N records (0 = all)")
+    g.add_argument("--max_samples", type=int, default=0, help="analyse only the first N records of each file (0 = all)")
     g.add_argument("--on_error", choices=ON_ERROR_CHOICES, default="raise",
                    help="bad record: raise = stop with path:line: field: reason; skip = leave it out and list it "
                         "in skipped_records.jsonl")
@@ -136,10 +144,10 @@ def _str_list(s: str) -> list[str]:
 class _Progress:
     """tqdm progress on stderr for the counting pass (lines done)."""
 
-    def __init__(self, path: str, max_records: int):
+    def __init__(self, paths, max_records: int):
         from tqdm import tqdm
 
-        total = max_records or _count_lines(path)
+        total = sum(max_records or _count_lines(path) for path in paths)
         self.bar = tqdm(total=total, desc="counting tokens", unit="rec", file=sys.stderr, mininterval=1.0)
         self.done = 0
 
@@ -167,8 +175,9 @@ def _write_json(path: str, obj) -> None:
 class AnalysisOptions:
     """Everything one analysis run uses; the parser (:func:`build_parser`) holds the defaults and help."""
     model_path: str
-    train_jsonl: str
+    train_jsonl: list
     output_dir: str
+    record_format: str
     max_samples: int
     on_error: str
     check_images: bool
@@ -210,15 +219,15 @@ def _check_inputs(args: AnalysisOptions) -> None:
     if not os.path.isdir(args.model_path):
         raise UserError(f"--model_path: {args.model_path}: no such directory (give a local model folder with "
                         f"tokenizer.json and preprocessor_config.json)")
-    if not os.path.isfile(args.train_jsonl):
-        raise UserError(f"--train_jsonl: {args.train_jsonl}: no such file (paths are relative to the working "
-                        f"directory {os.getcwd()})")
+    for path in args.train_jsonl:
+        if not os.path.isfile(path):
+            raise UserError(f"--train_jsonl: {path}: no such file (paths are relative to the working "
+                            f"directory {os.getcwd()})")
 
 
 def run(args: AnalysisOptions) -> dict:
     """Count, simulate, recommend and write every output (see the module docstring)."""
     from swift_plugins.analysis.memory import MemorySetup, ModelShape, memory_table, setup_dict
-    from swift_plugins.lengths.dataset import count_dataset
     from swift_plugins.training.calibration import load_counter
 
     _check_inputs(args)
@@ -233,7 +242,7 @@ def run(args: AnalysisOptions) -> dict:
     t_start = time.perf_counter()
     options = ConversationOptions(prompt=args.prompt, object_ordering=args.object_ordering, emit_norm=args.emit_norm,
                                   seed=args.seed)
-    log(f"analyze_token_lengths: {args.train_jsonl} with {args.model_path} (template {args.template}, "
+    log(f"analyze_token_lengths: {', '.join(args.train_jsonl)} with {args.model_path} (template {args.template}, "
         f"max_pixels {args.max_pixels})")
     t0 = time.perf_counter()
     counter = load_counter(args.model_path, model_type=args.model_type, template_type=args.template,
@@ -244,28 +253,33 @@ def run(args: AnalysisOptions) -> dict:
     t0 = time.perf_counter()
     progress = _Progress(args.train_jsonl, args.max_samples)
     try:
-        lengths = count_dataset(args.train_jsonl, counter, options, on_error=args.on_error,
-                                report_path=os.path.join(args.output_dir, "skipped_records.jsonl"),
-                                check_images=args.check_images, max_records=args.max_samples,
-                                num_workers=args.num_workers, cache_dir=args.cache_dir or None,
-                                clear_cache=args.clear_cache, progress=progress)
+        lengths = count_files(args.train_jsonl, counter, options, progress=progress, on_error=args.on_error,
+                              check_images=args.check_images, max_records=args.max_samples,
+                              num_workers=args.num_workers, cache_dir=args.cache_dir or None,
+                              clear_cache=args.clear_cache, record_format=args.record_format)
     finally:
         progress.close()
-    summary = lengths.summary.to_dict()
+    write_skip_report(os.path.join(args.output_dir, "skipped_records.jsonl"), lengths.skipped)
+    summary = lengths.summary()
     log(f"counted {len(lengths)} records in {time.perf_counter() - t0:.1f}s "
         f"({'from cache' if lengths.from_cache else f'{args.num_workers} worker(s)'})")
-    log(lengths.summary.log_line())
+    for d in lengths.per_file:
+        log(d.summary.log_line())
 
     stats = dataset_stats(lengths, summary)
-    stats["inputs"] = {"train_jsonl": args.train_jsonl, "model_path": args.model_path, "template": args.template,
-                       "max_pixels": args.max_pixels, "conversation": options.to_dict(),
-                       "image_rule": counter.rule.to_dict(), "max_samples": args.max_samples}
+    stats["files"] = file_rows(lengths)
+    stats["inputs"] = {"train_jsonl": list(args.train_jsonl), "model_path": args.model_path,
+                       "template": args.template, "max_pixels": args.max_pixels, "record_format": args.record_format,
+                       "conversation": options.to_dict(), "image_rule": counter.rule.to_dict(),
+                       "max_samples": args.max_samples}
     _write_json(os.path.join(args.output_dir, "dataset_stats.json"), stats)
     total = lengths.total_tokens
-    sample_lines = (json.dumps({"line": int(l), "text_tokens": int(t), "image_tokens": int(i),
-                                "total_tokens": int(t + i), "num_objects": int(o)}) + "\n"
-                    for l, t, i, o in zip(lengths.line, lengths.text_tokens, lengths.image_tokens,
-                                          lengths.num_objects))
+    kind_names = {code: name for name, code in KIND_CODES.items()}
+    sample_lines = (json.dumps({"file": int(f), "line": int(l), "kind": kind_names[int(k)], "text_tokens": int(t),
+                                "image_tokens": int(i), "total_tokens": int(t + i), "num_objects": int(o),
+                                "num_images": int(m)}) + "\n"
+                    for f, l, k, t, i, o, m in zip(lengths.file, lengths.line, lengths.kind, lengths.text_tokens,
+                                                   lengths.image_tokens, lengths.num_objects, lengths.num_images))
     atomic_write_text(os.path.join(args.output_dir, "sample_stats.jsonl"), "".join(sample_lines))
     log(f"tokens per sample: total mean {stats['mean_total_tokens']}, median {stats['median_total_tokens']}, "
         f"p95 {stats['p95_total_tokens']}, p99 {stats['p99_total_tokens']}, max {stats['max_total_tokens']}; "
@@ -277,10 +291,7 @@ def run(args: AnalysisOptions) -> dict:
     t0 = time.perf_counter()
     # overlong=split: the pieces training would make, measured exactly (detection records; one
     # with an object too long alone is unsplittable and counted as lost)
-    split_samples = {}
-    for max_length in args.max_lengths:
-        split = split_overlong(args.train_jsonl, counter, options, lengths.line, total, max_length, on_error="skip")
-        split_samples[max_length] = (split.lengths, split.records_split, len(split.unsplittable))
+    split_samples = {L: split_files(lengths, counter, options, L) for L in args.max_lengths}
     sims = simulate(total, args.max_lengths, args.strategies, seed=args.seed,
                     effective_batch_size=args.effective_batch_size, num_train_epochs=args.num_train_epochs,
                     packing_buffer=args.packing_buffer or None, min_fill_ratio=args.packing_min_fill_ratio,
@@ -304,7 +315,7 @@ def run(args: AnalysisOptions) -> dict:
                     effective_batch_size=args.effective_batch_size, world_size=args.world_size,
                     per_device_train_batch_size=args.per_device_train_batch_size,
                     padding_batch_size=args.padding_batch_size, num_train_epochs=args.num_train_epochs,
-                    overlong=DETECTION_OVERLONG)
+                    overlong=DETECTION_OVERLONG if lengths.has_detection_records() else "drop")
     rec["memory"] = {"model_params": shape.total_params, "setup": setup_dict(setup), "gpu_memory_gib": args.gpu_memory_gib,
                      "per_length": [mem_rows[n] for n in args.max_lengths]}
     _write_json(os.path.join(args.output_dir, "recommendations.json"), rec)

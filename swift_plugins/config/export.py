@@ -108,9 +108,9 @@ def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = Fal
         out["dataloader_persistent_workers"] = False
         # the packs are already in the dealt order: ms-swift's sampler must not shuffle them again
         out["train_dataloader_shuffle"] = False
-    out["dataset"] = [cfg.custom.train_jsonl]
+    out["dataset"] = list(cfg.custom.train_jsonl)
     if cfg.custom.val_jsonl is not None:
-        out["val_dataset"] = [cfg.custom.val_jsonl]
+        out["val_dataset"] = list(cfg.custom.val_jsonl)
     options = runtime_options(resolved)
     callbacks = []
     if options.save_delay_steps > 0:

@@ -410,10 +410,11 @@ def missing_paths(resolved: ResolvedConfig) -> List[Issue]:
         value = resolved.value(dotted)
         if value is None or (dotted == "deepspeed.config" and value in PRESET_DEEPSPEED):
             continue
-        if not os.path.exists(value):
-            issues.append(Issue(resolved.where.get(dotted, resolved.sources[dotted]), dotted,
-                                f"{value}: no such file or directory (paths are relative to the working "
-                                f"directory {os.getcwd()})"))
+        for path in value if isinstance(value, list) else [value]:
+            if not os.path.exists(path):
+                issues.append(Issue(resolved.where.get(dotted, resolved.sources[dotted]), dotted,
+                                    f"{path}: no such file or directory (paths are relative to the working "
+                                    f"directory {os.getcwd()})"))
     return issues
 
 

@@ -19,7 +19,7 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from swift_plugins.data.conversation import ConversationOptions
-from swift_plugins.data.records import ON_ERROR_CHOICES
+from swift_plugins.data.records import ON_ERROR_CHOICES, RECORD_FORMATS
 from swift_plugins.names import VARLEN_ATTENTION
 from swift_plugins.packing.planner import DEFAULT_STRATEGY, OVERLONG_CHOICES, STRATEGIES
 
@@ -209,8 +209,13 @@ class DataSection:
     skip_report_dir: Optional[str] = _key(None, "Folder of the skip reports (train_skipped.jsonl, "
                                                 "val_skipped.jsonl); required with on_error skip.",
                                           ours="skip_report_dir", path=True)
-    check_images: bool = _key(True, "Check every image exists and has the recorded width / height.",
-                              ours="check_images")
+    check_images: bool = _key(True, "Check every image exists and has the recorded width / height (LVIS "
+                                    "records; a messages row's image headers are always read: its sizes come from "
+                                    "them).", ours="check_images")
+    record_format: str = _key("auto", "Kind of the records in custom.train_jsonl / val_jsonl: lvis (detection "
+                                      "records), messages (ms-swift's messages rows), auto (each record by its keys: "
+                                      "'messages' -> messages, 'width' / 'height' / 'objects' -> lvis).",
+                              ours="record_format", choices=RECORD_FORMATS)
     dataset_num_proc: int = _key(1, "Processes for dataset preprocessing.", swift="dataset_num_proc", ge=1)
     length_cache_dir: Optional[str] = _key(".cache/swiftpack", "Cache of exact sample lengths for packing, "
                                                                "shared with analyze_token_lengths.py --cache_dir (keyed "
@@ -257,10 +262,12 @@ class CoordOffsetSection:
 
 @dataclass(frozen=True)
 class CustomSection:
-    train_jsonl: Optional[str] = _key(help="Training JSONL (LVIS polygon records, swift_plugins.data).",
-                                      ours="train_jsonl", path=True, required=True)
-    val_jsonl: Optional[str] = _key(None, "Validation JSONL; null: no evaluation.", ours="val_jsonl",
-                                    path=True)
+    train_jsonl: Optional[List[str]] = _key(help="Training JSONL file(s): LVIS detection records and / or "
+                                                 "ms-swift messages rows (data.record_format), one path or a "
+                                                 "list.",
+                                            ours="train_jsonl", path=True, required=True)
+    val_jsonl: Optional[List[str]] = _key(None, "Validation JSONL file(s), one path or a list; null: no "
+                                                "evaluation.", ours="val_jsonl", path=True)
     prompt: Optional[str] = _conversation_key("prompt", ours="prompt")
     object_ordering: str = _conversation_key("object_ordering", ours="object_ordering")
     emit_norm: str = _conversation_key("emit_norm", ours="emit_norm")

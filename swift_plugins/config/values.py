@@ -106,6 +106,8 @@ def check_value(leaf: Leaf, value: Any) -> Tuple[Any, Optional[str]]:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
             return None, f"expected {leaf.type_name()}, got {type_word(value)} {show(value)}"
+        if not value and leaf.meta["required"]:
+            return None, "required, got an empty list"
         return list(value), None
     if base is bool:
         ok = isinstance(value, bool)

@@ -1,4 +1,8 @@
-"""`make demo`: the whole pipeline on the bundled sample with the tiny model, a few minutes on a CPU.
+"""`make demo`: the whole pipeline on the bundled samples with the tiny model, a few minutes on a CPU.
+
+The bundled samples: 200 LVIS detection records (public_data/lvis/sample) and 40 ms-swift
+messages rows (public_data/messages/sample: captions, VQA, grounding, multi-image, multi-turn),
+analysed and trained together, as configs/tiny/sft_padding.yaml lists them.
 
     1. build the tiny offline Qwen3-VL                 model_cache/tiny-qwen3-vl
     2. exact token analysis + packing simulations      demo_output/analysis/
@@ -6,7 +10,7 @@
     4. padding -> packing config migration             demo_output/sft_packed.yaml
     5. packed training on CPU, 2 optimizer steps       demo_output/train/   (--train_steps 0: one epoch)
 
-The plan holds every record of the bundled sample (dense scenes as pieces, so no object is
+The plan holds every record of the bundled samples (dense scenes as pieces, so no object is
 dropped); the summary gives both accountings: records in = planned + skipped + lost, and the
 records the run actually trained, from the packs each step's batches held
 (``packing/served_rank0.jsonl``) mapped to their records (``packing/samples.json``). A full
@@ -26,7 +30,7 @@ import subprocess
 import sys
 import time
 
-SAMPLE = "public_data/lvis/sample"
+TRAIN_JSONL = ["public_data/lvis/sample/train.jsonl", "public_data/messages/sample/train.jsonl"]
 MODEL = "model_cache/tiny-qwen3-vl"
 PADDING_CONFIG = "configs/tiny/sft_padding.yaml"
 
@@ -37,8 +41,7 @@ def steps(out: str, train_steps: int) -> list[tuple[str, list[str]]]:
     return [
         ("build the tiny offline Qwen3-VL", [py, "scripts/make_tiny_model.py", MODEL]),
         ("exact token lengths + packing simulations", [
-            py, "scripts/analyze_token_lengths.py", "--model_path", MODEL, "--train_jsonl", f"{SAMPLE}/train.jsonl",
-            "--output_dir", analysis, "--on_error", "skip", "--max_pixels", "262144",
+            py, "scripts/analyze_token_lengths.py", "--model_path", MODEL, "--train_jsonl", *TRAIN_JSONL, "--output_dir", analysis, "--on_error", "skip", "--max_pixels", "262144",
             "--max_lengths", "2000,4000,8000", "--effective_batch_size", "4", "--padding_batch_size", "2",
             "--world_size", "1", "--num_train_epochs", "3", "--tuner", "dora", "--lora_rank", "4",
             "--zero_stage", "0", "--gradient_checkpointing", "false", "--gpu_memory_gib", "10",
@@ -58,12 +61,17 @@ def steps(out: str, train_steps: int) -> list[tuple[str, list[str]]]:
     ]
 
 
+def records_of(samples: dict, indices) -> set:
+    """The (file, line) records that sample ``indices`` of ``packing/samples.json`` come from."""
+    return {(samples["files"][i], samples["lines"][i]) for i in indices}
+
+
 def trained_records(train_dir: pathlib.Path) -> tuple[int, int]:
     """(records, samples) the run trained, from what each step's batches held (not from the plan)."""
     samples = json.loads((train_dir / "packing" / "samples.json").read_text())
     trained = [i for path in sorted((train_dir / "packing").glob("served_rank*.jsonl"))
                for step in map(json.loads, path.read_text().splitlines()) for pack in step["samples"] for i in pack]
-    return len({samples["lines"][i] for i in trained}), len(trained)
+    return len(records_of(samples, trained)), len(trained)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,11 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.output_dir)
     summary = json.loads((out / "train" / "packing" / "summary.json").read_text())["train"]
     records, samples = trained_records(out / "train")
-    planned = len(set(json.loads((out / "train" / "packing" / "samples.json").read_text())["lines"]))
-    lost = summary["records_read"] - summary["records_skipped"] - planned
-    print(f"\nDemo finished in {time.time() - t0:.0f}s. Records in {summary['records_read']} = in the plan {planned} "
-          f"(as {summary['samples_packed']} samples: {summary['records_split']} dense records split into pieces) + "
-          f"skipped {summary['records_skipped']} + lost {lost}; trained by this run: {records} records "
+    packs = json.loads((out / "train" / "packing" / "plan.json").read_text())["packs"]
+    planned = len(records_of(json.loads((out / "train" / "packing" / "samples.json").read_text()),
+                             [i for pack in packs for i in pack]))
+    lost = summary["records_read"] - summary["records_skipped"] - planned  # dropped by the plan, listed with reasons
+    kinds = ", ".join(f"{f['records_by_kind']['lvis']} lvis + {f['records_by_kind']['messages']} messages from "
+                      f"{f['jsonl']}" for f in summary["files"])
+    print(f"\nDemo finished in {time.time() - t0:.0f}s. Records in {summary['records_read']} ({kinds}) = in the "
+          f"plan {planned} (as {summary['samples_packed']} samples: {summary['records_split']} dense records split "
+          f"into pieces) + skipped {summary['records_skipped']} + lost {lost}; trained by this run: {records} records "
           f"({samples} samples, {summary['optimizer_steps_per_epoch']} steps make the epoch). Outputs:")
     for path, what in [
         (out / "analysis" / "dataset_stats.json", "token statistics (text / image / total)"),

@@ -2,8 +2,9 @@
 
 Before the first step (every rank, same inputs -> same result)::
 
-    train.jsonl --count_dataset (exact lengths, no image decoded, cached)--> lengths
-        --overlong=split: dense records cut into pieces that fit (same image, consecutive objects)
+    a.jsonl, b.jsonl --count_dataset (exact lengths, no image decoded, cached)--> lengths
+        --overlong=split: dense detection records cut into pieces that fit (same image,
+          consecutive objects); a messages row that does not fit is dropped and reported
         --plan_packs (strategy, buffer / min-fill / drop-last)--> PackPlan
         --pack_count_multiple_of(world_size): split packs so every rank runs the same steps
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -30,102 +31,169 @@ from swift_plugins.data.conversation import ConversationOptions
 from swift_plugins.data.reader import skipped_record
 from swift_plugins.data.records import RecordError, parse_record
 from swift_plugins.data.split import split_record
+from swift_plugins.errors import UserError
 from swift_plugins.files import line_offsets, read_line
 from swift_plugins.lengths.counter import DetectionAnswerCounter, LengthCounter
-from swift_plugins.lengths.dataset import count_dataset, record_length
+from swift_plugins.lengths.dataset import KIND_CODES, count_dataset, record_length
 from swift_plugins.packing.deal import deal_packs
 from swift_plugins.packing.planner import DEFAULT_STRATEGY, OVERLONG_CHOICES, PackPlan, plan_packs
 
 __all__ = ["SamplePlan", "SplitSamples", "build_sample_plan", "epoch_order", "pack_count_multiple_of", "split_overlong",
            "split_pieces"]
 
+LVIS = KIND_CODES["lvis"]
+
 
 @dataclass
 class SamplePlan:
-    """Samples of one JSONL file and their packs. Sample k is record ``lines[k]`` (``parts[k]`` =
-    -1: whole record; p >= 0: piece p of its split) with ``lengths[k]`` tokens."""
-    path: str
+    """Samples of one or more JSONL files and their packs.
+
+    Sample k is record ``lines[k]`` of ``paths[files[k]]``, of kind ``kinds[k]`` (``KIND_CODES``:
+    0 lvis, 1 messages); ``parts[k]`` is -1 for the whole record, p >= 0 for piece p of a split
+    detection record; it has ``lengths[k]`` tokens. ``read_summaries[f]`` counts file f's records.
+    """
+    paths: List[str]
+    files: np.ndarray
     lines: np.ndarray
     parts: np.ndarray
+    kinds: np.ndarray
     lengths: np.ndarray
     plan: PackPlan
-    read_summary: dict
-    skipped: list                       # SkippedRecord of the validator (+ unsplittable records)
+    read_summaries: List[dict]
+    skipped: list                       # SkippedRecord of the validator (+ unsplittable records), every file
     split_records: int = 0
     options: dict = field(default_factory=dict)
 
     def dropped_rows(self) -> list[dict]:
-        return [{"line": int(self.lines[i]), "part": int(self.parts[i]), "length": int(self.lengths[i]),
-                 "reason": self.plan.drop_reasons[i]} for i in self.plan.dropped]
+        return [{"jsonl": self.paths[int(self.files[i])], "line": int(self.lines[i]), "part": int(self.parts[i]),
+                 "length": int(self.lengths[i]), "reason": self.plan.drop_reasons[i]} for i in self.plan.dropped]
 
     def summary(self) -> dict:
+        """Totals (``records_read = records_skipped + records in samples``; ``samples = packed + dropped``)
+        and the same per file under ``files``."""
         st = self.plan.stats(self.lengths)
+        packed = np.zeros(len(self.lengths), bool)
+        packed[[i for p in self.plan.packs for i in p]] = True
+        files = []
+        for f, path in enumerate(self.paths):
+            mine = self.files == f
+            first = mine & (self.parts <= 0)  # a whole record (-1) or the first piece of a split one (0)
+            kinds = {name: int((self.kinds[first] == code).sum()) for name, code in KIND_CODES.items()}
+            files.append({"jsonl": path, "records_read": self.read_summaries[f]["read"],
+                          "records_skipped": sum(1 for r in self.skipped if r.path == path),
+                          "records_by_kind": kinds, "samples": int(mine.sum()),
+                          "samples_packed": int((mine & packed).sum()), "samples_dropped": int((mine & ~packed).sum()),
+                          "tokens": int(self.lengths[mine].sum())})
         return {
-            "jsonl": self.path, "records_read": self.read_summary["read"],
+            "jsonl": list(self.paths), "records_read": sum(r["read"] for r in self.read_summaries),
             "records_skipped": len(self.skipped),  # the validator's skips + unsplittable records
             "records_split": self.split_records, "samples": int(len(self.lengths)),
             "samples_packed": st["num_packed"], "samples_dropped": st["samples_dropped"],
             "dropped_by_reason": st["dropped_by_reason"], "num_packs": st["num_packs"],
             "avg_samples_per_pack": round(st["avg_samples_per_pack"], 3), "efficiency": round(st["efficiency"], 6),
             "global_max_length": self.plan.max_length, "strategy": self.plan.strategy, **self.options,
+            "files": files,
         }
 
 
-def build_sample_plan(path, counter: LengthCounter, conversation: ConversationOptions, *, global_max_length: int,
+def build_sample_plan(paths, counter: LengthCounter, conversation: ConversationOptions, *, global_max_length: int,
                       strategy: str = DEFAULT_STRATEGY, seed: int = 0, buffer_size: Optional[int] = None,
                       min_fill_ratio: float = 0.0, drop_last: bool = False, overlong: str = "drop",
-                      on_error: str = "raise", check_images: bool = True, cache_dir=None) -> SamplePlan:
-    """Exact lengths of every record, dense records split if asked, and the packing plan."""
+                      on_error: str = "raise", check_images: bool = True, cache_dir=None,
+                      record_format: str = "auto") -> SamplePlan:
+    """Exact lengths of every record of ``paths`` (one path or a list), dense detection records split
+    if asked, and one packing plan over all of them.
+
+    ``overlong="split"`` cuts LVIS records only; a messages row longer than ``global_max_length``
+    cannot be cut (its turns belong together) and is dropped with reason ``overlong`` (listed in
+    the drop report), or stops the run with ``overlong="error"``.
+    """
     if overlong not in OVERLONG_CHOICES:
         raise ValueError(f"overlong: {overlong!r} is not one of {list(OVERLONG_CHOICES)}")
-    path = os.fspath(path)
-    counted = count_dataset(path, counter, conversation, on_error=on_error, check_images=check_images,
-                            cache_dir=cache_dir)
-    lines, lengths = counted.line, counted.total_tokens
-    parts = np.full(len(lines), -1, dtype=np.int64)
-    skipped = list(counted.skipped)
-    split_count = 0
-    if overlong == "split" and len(lengths) and lengths.max() > global_max_length:
-        split = split_overlong(path, counter, conversation, lines, lengths, global_max_length, on_error=on_error)
-        lines, parts, lengths, split_count = split.lines, split.parts, split.lengths, split.records_split
-        skipped += split.unsplittable
-    plan = plan_packs(lengths, global_max_length, strategy=strategy, seed=seed, buffer_size=buffer_size,
+    paths = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    parts_of = {k: [] for k in ("files", "lines", "parts", "kinds", "lengths")}
+    summaries, skipped, split_count = [], [], 0
+    for f, path in enumerate(paths):
+        counted = count_dataset(path, counter, conversation, on_error=on_error, check_images=check_images,
+                                cache_dir=cache_dir, record_format=record_format)
+        summaries.append(counted.summary.to_dict())
+        skipped += counted.skipped
+        samples = split_overlong(path, counter, conversation, counted.line, counted.total_tokens,
+                                 global_max_length, kinds=counted.kind, on_error=on_error) \
+            if overlong == "split" else SplitSamples.whole(counted.line, counted.total_tokens, counted.kind)
+        skipped += samples.unsplittable
+        split_count += samples.records_split
+        for key, value in (("files", np.full(len(samples.lines), f, np.int64)), ("lines", samples.lines),
+                           ("parts", samples.parts), ("kinds", samples.kinds), ("lengths", samples.lengths)):
+            parts_of[key].append(value)
+    arrays = {k: np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64) for k, v in parts_of.items()}
+    if overlong == "error":
+        _refuse_overlong(paths, arrays, global_max_length)
+    plan = plan_packs(arrays["lengths"], global_max_length, strategy=strategy, seed=seed, buffer_size=buffer_size,
                       min_fill_ratio=min_fill_ratio, drop_last=drop_last,
                       overlong="error" if overlong == "error" else "drop")
     options = {"overlong": overlong, "buffer_size": buffer_size, "min_fill_ratio": min_fill_ratio,
-               "drop_last": drop_last, "seed": seed}
-    return SamplePlan(path, lines, parts, lengths, plan, counted.summary.to_dict(), skipped, split_count, options)
+               "drop_last": drop_last, "seed": seed, "record_format": record_format}
+    return SamplePlan(paths, arrays["files"], arrays["lines"], arrays["parts"], arrays["kinds"], arrays["lengths"],
+                      plan, summaries, skipped, split_count, options)
+
+
+def _refuse_overlong(paths, arrays, max_length: int) -> None:
+    """``overlong="error"``: one UserError naming every record longer than ``max_length`` (first 10)."""
+    over = np.flatnonzero(arrays["lengths"] > max_length)
+    if not len(over):
+        return
+    shown = ", ".join(f"{paths[int(arrays['files'][i])]}:{int(arrays['lines'][i])} ({int(arrays['lengths'][i])} tokens)"
+                      for i in over[:10])
+    more = f" and {len(over) - 10} more" if len(over) > 10 else ""
+    raise UserError(f"training.packing_overlong: error: {len(over)} record(s) longer than global_max_length "
+                    f"{max_length}: {shown}{more} (raise global_max_length, or set packing_overlong split - "
+                    "detection records become pieces - or drop - they are dropped and reported)")
 
 
 @dataclass(frozen=True)
 class SplitSamples:
-    """Records -> samples with every record over the limit cut into pieces: sample k is line
-    ``lines[k]``, piece ``parts[k]`` (-1: the whole record), ``lengths[k]`` tokens."""
+    """Records -> samples with every detection record over the limit cut into pieces: sample k is
+    line ``lines[k]``, piece ``parts[k]`` (-1: the whole record), ``lengths[k]`` tokens."""
     lines: np.ndarray
     parts: np.ndarray
     lengths: np.ndarray
+    kinds: np.ndarray
     records_split: int
     unsplittable: list  # SkippedRecord of records with an object too long alone (skip policy)
 
+    @classmethod
+    def whole(cls, lines, lengths, kinds) -> "SplitSamples":
+        return cls(np.asarray(lines), np.full(len(lines), -1, np.int64), np.asarray(lengths), np.asarray(kinds), 0, [])
+
 
 def split_overlong(path, counter: LengthCounter, conversation: ConversationOptions, lines, lengths,
-                   max_length: int, *, on_error: str = "raise") -> SplitSamples:
+                   max_length: int, *, kinds=None, on_error: str = "raise") -> SplitSamples:
     """The samples training makes with ``packing_overlong: split`` (exact piece lengths).
 
-    Records of at most ``max_length`` tokens stay whole; a longer one is read from the JSONL and
-    cut by :func:`swift_plugins.data.split_record` into pieces that fit, each measured with the
-    exact length rule. Worked (max 45, a record of 5 objects at 10 + 10 per object): pieces of
-    objects [0, 1, 2] (40 tokens) and [3, 4] (30 tokens): ``lines [7, 7]``, ``parts [0, 1]``.
-    An object too long alone raises (``on_error="raise"``) or makes the record unsplittable:
-    listed in ``unsplittable``, in no sample.
+    Records of at most ``max_length`` tokens stay whole; a longer detection record (``kinds``
+    0, the default for every record) is read from the JSONL and cut by
+    :func:`swift_plugins.data.split_record` into pieces that fit, each measured with the exact
+    length rule. Worked (max 45, a record of 5 objects at 10 + 10 per object): pieces of objects
+    [0, 1, 2] (40 tokens) and [3, 4] (30 tokens): ``lines [7, 7]``, ``parts [0, 1]``. An object
+    too long alone raises (``on_error="raise"``) or makes the record unsplittable: listed in
+    ``unsplittable``, in no sample. A longer messages row (kind 1) stays whole: the plan drops it.
     """
+    kinds = np.zeros(len(lines), np.int64) if kinds is None else np.asarray(kinds)
+    if not len(lengths) or int(np.asarray(lengths).max()) <= max_length:
+        return SplitSamples.whole(lines, lengths, kinds)
     offsets = line_offsets(path)
     answers = DetectionAnswerCounter(counter.text_tokens)
-    frame = counter.frame("<image>" + conversation.resolved_prompt, 1)
-    new_lines, new_parts, new_lengths, unsplittable, split_count = [], [], [], [], 0
-    for line, length in zip(lines.tolist(), lengths.tolist()):
-        if length <= max_length:
-            new_lines.append(line); new_parts.append(-1); new_lengths.append(length)
+    frame = counter.frame("<image>" + conversation.resolved_prompt, 1) if (kinds == LVIS).any() else None
+    out = {k: [] for k in ("lines", "parts", "lengths", "kinds")}
+    unsplittable, split_count = [], 0
+
+    def add(line, part, length, kind):
+        out["lines"].append(line); out["parts"].append(part); out["lengths"].append(length); out["kinds"].append(kind)
+
+    for line, length, kind in zip(np.asarray(lines).tolist(), np.asarray(lengths).tolist(), kinds.tolist()):
+        if length <= max_length or kind != LVIS:
+            add(line, -1, length, kind)
             continue
         raw = read_line(path, offsets, line)
         record = parse_record(raw, path=path, line=line)
@@ -138,10 +206,10 @@ def split_overlong(path, counter: LengthCounter, conversation: ConversationOptio
             continue
         split_count += 1
         for p, piece in enumerate(pieces):
-            new_lines.append(line); new_parts.append(p)
-            new_lengths.append(record_length(piece, counter, answers, frame, conversation.emit_norm))
-    as_array = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
-    return SplitSamples(as_array(new_lines), as_array(new_parts), as_array(new_lengths), split_count, unsplittable)
+            add(line, p, record_length(piece, counter, answers, frame, conversation.emit_norm), LVIS)
+    arrays = {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
+    return SplitSamples(arrays["lines"], arrays["parts"], arrays["lengths"], arrays["kinds"], split_count,
+                        unsplittable)
 
 
 def split_pieces(record, line, conversation, counter, answers, frame, max_length, path):

@@ -36,9 +36,9 @@ from swift.dataset import DATASET_MAPPING, DatasetMeta, RowPreprocessor, registe
 from swift.dataset.loader import DatasetLoader
 from swift.utils import get_logger
 
-from swift_plugins.data.conversation import ConversationOptions, to_swift_row
+from swift_plugins.data.conversation import ConversationOptions, swift_row
 from swift_plugins.data.reader import iter_records
-from swift_plugins.data.records import ON_ERROR_CHOICES
+from swift_plugins.data.records import ON_ERROR_CHOICES, RECORD_FORMATS, record_kind
 
 __all__ = ["BUNDLED_JSONL_PATHS", "register", "register_jsonl"]
 
@@ -51,7 +51,7 @@ BUNDLED_JSONL_PATHS = tuple(
     for folder in ("sample", "rescale_32_768_poly_20") for split in ("train", "val"))
 
 # Bump when to_swift_row's output for the same record and options changes: it names the map cache.
-CONVERSION_VERSION = "1"
+CONVERSION_VERSION = "2"  # 2: rows carry their record kind (lvis | messages)
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class JsonlSpec:
     on_error: str = "raise"
     report_path: Optional[str] = None
     check_images: bool = True
+    record_format: str = "auto"
 
 
 @dataclass
@@ -68,13 +69,15 @@ class SwiftpackDatasetMeta(DatasetMeta):
 
 
 def register_jsonl(path, options: Optional[ConversationOptions] = None, on_error: str = "raise", *,
-                   report_path=None, check_images: bool = True) -> list[str]:
+                   report_path=None, check_images: bool = True, record_format: str = "auto") -> list[str]:
     """Register ``path`` with ms-swift so loading it goes through ``iter_records`` + ``to_swift_row``.
 
     - ``options``: :class:`ConversationOptions` (default: defaults); options that are not
       implemented (``coord_tokens``/``coord_offset``) are refused here, before training starts.
     - ``on_error``: ``"raise"`` stops at the first bad record (``path:line: field: ...``);
       ``"skip"`` needs ``report_path``, where the skip report (JSONL) is written atomically at each load.
+    - ``record_format``: lvis, messages or auto (each record by its keys); a messages row becomes
+      ms-swift's row as written (the conversation options apply to LVIS records only).
 
     Calling it again for a path replaces the earlier registration (latest call wins). Returns
     the registered path strings.
@@ -85,17 +88,19 @@ def register_jsonl(path, options: Optional[ConversationOptions] = None, on_error
     options.check_implemented()
     if on_error not in ON_ERROR_CHOICES:
         raise ValueError(f"on_error: {on_error!r} is not one of {list(ON_ERROR_CHOICES)}")
+    if record_format not in RECORD_FORMATS:
+        raise ValueError(f"record_format: {record_format!r} is not one of {list(RECORD_FORMATS)}")
     if on_error == "skip" and report_path is None:
         raise ValueError(f"{path}: on_error='skip' needs a report_path for the skipped records "
                          "(nothing is dropped without a report)")
     spec = JsonlSpec(options=options, on_error=on_error, report_path=None if report_path is None else str(report_path),
-                     check_images=check_images)
+                     check_images=check_images, record_format=record_format)
     keys = list(dict.fromkeys([os.fspath(path), os.path.abspath(os.fspath(path))]))
     for key in keys:
         meta = SwiftpackDatasetMeta(
             dataset_path=key, loader=SwiftpackJsonlLoader, swiftpack_spec=spec,
             preprocess_func=RecordRowPreprocessor(options, os.path.dirname(os.path.abspath(key))),
-            help="LVIS polygon JSONL read by swift_plugins.data (validated, converted with to_swift_row)")
+            help="JSONL of LVIS records / messages rows read by swift_plugins.data (validated, converted by kind)")
         register_dataset(meta, exist_ok=True)
     return keys
 
@@ -113,7 +118,7 @@ def register() -> list[str]:
 
 
 class RecordRowPreprocessor(RowPreprocessor):
-    """Row ``{"record": json, "line": n}`` -> ``to_swift_row(record, ...)``."""
+    """Row ``{"record": json, "line": n, "kind": "lvis" | "messages"}`` -> ``swift_row(record, kind, ...)``."""
 
     def __init__(self, options: ConversationOptions, base_dir: str, **kwargs):
         super().__init__(**kwargs)
@@ -121,8 +126,8 @@ class RecordRowPreprocessor(RowPreprocessor):
         self.base_dir = base_dir
 
     def preprocess(self, row: Dict[str, Any]) -> Dict[str, Any]:
-        return to_swift_row(json.loads(row["record"]), base_dir=self.base_dir, sample_key=row["line"],
-                            **self.options.to_dict())
+        return swift_row(json.loads(row["record"]), row["kind"], base_dir=self.base_dir, sample_key=row["line"],
+                         **self.options.to_dict())
 
     def batched_preprocess(self, batched_row, *, strict: bool, ignore_max_length_error: bool):
         # Always strict: records are validated before this point, so an exception here is a bug
@@ -145,11 +150,12 @@ class SwiftpackJsonlLoader(DatasetLoader):
         spec: JsonlSpec = dataset_meta.swiftpack_spec
         path = dataset_syntax.dataset
         stream = iter_records(path, on_error=spec.on_error, check_images=spec.check_images,
-                              report_path=spec.report_path)
-        columns = {"record": [], "line": []}
+                              report_path=spec.report_path, record_format=spec.record_format)
+        columns = {"record": [], "line": [], "kind": []}
         for line_no, record in stream:
             columns["record"].append(json.dumps(record, ensure_ascii=False))
             columns["line"].append(line_no)
+            columns["kind"].append(record_kind(record, spec.record_format, path=path, line=line_no))
         summary = stream.summary
         logger.info(summary.log_line())
         if summary.valid == 0:

@@ -24,10 +24,12 @@ from typing import Optional
 
 from swift_plugins.config.resolve import world_size_from_env
 from swift_plugins.data.conversation import ConversationOptions, to_swift_row
+from swift_plugins.data.messages import messages_to_swift_row
 from swift_plugins.data.records import parse_record
 from swift_plugins.errors import UserError
 from swift_plugins.files import atomic_write_text, line_offsets, read_line
 from swift_plugins.lengths.counter import DetectionAnswerCounter, LengthCounter
+from swift_plugins.lengths.dataset import KIND_CODES
 from swift_plugins.names import CALLBACK_PACKING, PACKING_TEMPLATE
 from swift_plugins.packing.samples import SamplePlan, build_sample_plan, epoch_order, pack_count_multiple_of, split_pieces
 from swift_plugins.training.calibration import counter_from_template
@@ -96,8 +98,7 @@ class PackedDataset:
         if train and sample_plan.plan.num_packs % self.world_size:
             raise ValueError(f"{sample_plan.plan.num_packs} packs do not fill whole steps of {self.world_size} "
                              "ranks; pass the plan through pack_count_multiple_of first")
-        self.base_dir = os.path.dirname(os.path.abspath(sample_plan.path))
-        self._offsets = line_offsets(sample_plan.path)
+        self._offsets = [line_offsets(path) for path in sample_plan.paths]
         self._answers: Optional[DetectionAnswerCounter] = None  # built on first split piece (rare)
         self.epoch = 0
         self.order = self.epoch_order(0)
@@ -131,19 +132,27 @@ class PackedDataset:
     def __len__(self) -> int:
         return len(self.order)
 
+    def place(self, sample: int) -> str:
+        """``path:line`` of sample index ``sample`` (for messages)."""
+        return f"{self.sp.paths[int(self.sp.files[sample])]}:{int(self.sp.lines[sample])}"
+
     def row(self, sample: int) -> dict:
         """The ms-swift row of sample index ``sample`` (read from disk, converted like training)."""
-        line, part = int(self.sp.lines[sample]), int(self.sp.parts[sample])
-        record = parse_record(read_line(self.sp.path, self._offsets, line), path=self.sp.path, line=line)
+        f, line, part = int(self.sp.files[sample]), int(self.sp.lines[sample]), int(self.sp.parts[sample])
+        path = self.sp.paths[f]
+        record = parse_record(read_line(path, self._offsets[f], line), path=path, line=line)
+        base_dir = os.path.dirname(os.path.abspath(path))
+        if int(self.sp.kinds[sample]) == KIND_CODES["messages"]:
+            return messages_to_swift_row(record, base_dir=base_dir)
         opts = self.conversation.to_dict()
         if part >= 0:
             if self._answers is None:
                 self._answers = DetectionAnswerCounter(self.counter.text_tokens)
             frame = self.counter.frame("<image>" + self.conversation.resolved_prompt, 1)
             record = split_pieces(record, line, self.conversation, self.counter, self._answers, frame,
-                                  self.sp.plan.max_length, self.sp.path)[part]
+                                  self.sp.plan.max_length, path)[part]
             opts["object_ordering"] = "none"  # pieces are already in conversation order
-        return to_swift_row(record, base_dir=self.base_dir, sample_key=line, **opts)
+        return to_swift_row(record, base_dir=base_dir, sample_key=line, **opts)
 
     def __getitem__(self, index: int) -> EncodedPack:
         """The pack at ``index`` of this epoch's order, each sample encoded and its length checked."""
@@ -153,7 +162,7 @@ class PackedDataset:
             planned = int(self.sp.lengths[sample])
             if enc["length"] != planned:
                 raise PackLengthMismatch(
-                    f"{self.sp.path}:{int(self.sp.lines[sample])}: encoded length {enc['length']} != planned "
+                    f"{self.place(sample)}: encoded length {enc['length']} != planned "
                     f"{planned} (part {int(self.sp.parts[sample])}); the length rule and the template disagree - "
                     "check template max_pixels / MAX_PIXELS and the conversation options")
             encoded.append(enc)
@@ -194,9 +203,10 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
     cache_dir = opts.length_cache_dir
     common = dict(strategy=opts.packing_strategy, seed=opts.packing_seed,
                   buffer_size=opts.packing_buffer or None, overlong=opts.packing_overlong,
-                  on_error=opts.on_error, check_images=opts.check_images, cache_dir=cache_dir)
+                  on_error=opts.on_error, check_images=opts.check_images, cache_dir=cache_dir,
+                  record_format=opts.record_format)
 
-    def plan(path, train):
+    def plan(paths, train):
         kw = dict(common)
         if train:
             kw.update(min_fill_ratio=opts.packing_min_fill_ratio, drop_last=opts.packing_drop_last)
@@ -205,7 +215,7 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
         distributed = dist.is_initialized() and world_size > 1
         if distributed and rank != 0:
             dist.barrier()  # rank 0 counts first and fills the cache; the others then read it
-        result = build_sample_plan(path, counter, conversation, global_max_length=opts.global_max_length, **kw)
+        result = build_sample_plan(paths, counter, conversation, global_max_length=opts.global_max_length, **kw)
         if distributed and rank == 0:
             dist.barrier()
         return result
@@ -243,7 +253,7 @@ def _report(output_dir, train_plan: SamplePlan, val_plan: Optional[SamplePlan], 
                              "optimizer_steps_per_epoch": steps})
     t = summary["train"]
     logger.info(
-        f"swiftpack packing: {t['jsonl']}: records read {t['records_read']} = valid "
+        f"swiftpack packing: {', '.join(t['jsonl'])}: records read {t['records_read']} = valid "
         f"{t['records_read'] - t['records_skipped']} + skipped {t['records_skipped']}; "
         f"{t['records_split']} dense record(s) split -> {t['samples']} samples = packed {t['samples_packed']} "
         f"+ dropped {t['samples_dropped']} {t['dropped_by_reason']}; {t['num_packs']} packs of "
@@ -257,14 +267,15 @@ def _report(output_dir, train_plan: SamplePlan, val_plan: Optional[SamplePlan], 
     train_plan.plan.save(os.path.join(folder, "plan.json"))
     # plan.json's sample indices -> records: sample k is line lines[k] (part parts[k] of a split record)
     atomic_write_text(os.path.join(folder, "samples.json"), json.dumps(
-        {"jsonl": train_plan.path, "lines": train_plan.lines.tolist(), "parts": train_plan.parts.tolist(),
+        {"jsonl": train_plan.paths, "files": train_plan.files.tolist(), "lines": train_plan.lines.tolist(),
+         "parts": train_plan.parts.tolist(), "kinds": train_plan.kinds.tolist(),
          "lengths": train_plan.lengths.tolist()}, separators=(",", ":")) + "\n")
     atomic_write_text(os.path.join(folder, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    rows = [{"split": "train", **r} for r in train_plan.dropped_rows()]
-    rows += [{"split": "train", "line": s.line, "part": -1, "length": None, "reason": f"{s.kind}: {s.reason}"}
-             for s in train_plan.skipped]
-    if val_plan is not None:
-        rows += [{"split": "val", **r} for r in val_plan.dropped_rows()]
-        rows += [{"split": "val", "line": s.line, "part": -1, "length": None, "reason": f"{s.kind}: {s.reason}"}
-                 for s in val_plan.skipped]
+    rows = []
+    for split, sp in (("train", train_plan), ("val", val_plan)):
+        if sp is None:
+            continue
+        rows += [{"split": split, **r} for r in sp.dropped_rows()]
+        rows += [{"split": split, "jsonl": s.path, "line": s.line, "part": -1, "length": None,
+                  "reason": f"{s.kind}: {s.reason}"} for s in sp.skipped]
     atomic_write_text(os.path.join(folder, "dropped_samples.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))

@@ -55,14 +55,22 @@ def register_runtime(options: RuntimeOptions) -> List[str]:
     register_save_delay(options.save_delay_steps)
     conversation = options.conversation_options()
     registered = []
-    for split, path in (("train", options.train_jsonl), ("val", options.val_jsonl)):
-        if path is None:
-            continue
-        report = (os.path.join(options.skip_report_dir, f"{split}_skipped.jsonl")
-                  if options.on_error == "skip" else None)
-        registered += register_jsonl(path, conversation, options.on_error, report_path=report,
-                                     check_images=options.check_images)
+    for split, paths in (("train", options.train_jsonl), ("val", options.val_jsonl)):
+        for path, report in zip(paths or [], skip_reports(options.skip_report_dir, split, paths or [])):
+            registered += register_jsonl(path, conversation, options.on_error,
+                                         report_path=report if options.on_error == "skip" else None,
+                                         check_images=options.check_images, record_format=options.record_format)
     return registered
+
+
+def skip_reports(folder: Optional[str], split: str, paths: List[str]) -> List[Optional[str]]:
+    """``<folder>/train_skipped.jsonl`` for one file; ``train_<k>_<stem>_skipped.jsonl`` for several."""
+    if folder is None:
+        return [None] * len(paths)
+    if len(paths) == 1:
+        return [os.path.join(folder, f"{split}_skipped.jsonl")]
+    return [os.path.join(folder, f"{split}_{k}_{os.path.splitext(os.path.basename(p))[0]}_skipped.jsonl")
+            for k, p in enumerate(paths)]
 
 
 def packing_post_process(sft: SwiftSft, datasets: List, fallback: Callable[[List], List]) -> List:

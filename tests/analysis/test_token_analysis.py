@@ -140,3 +140,42 @@ def test_help_explains_every_flag(capsys):
     for flag in ("--model_path", "--train_jsonl", "--output_dir", "--max_samples", "--num_workers", "--on_error",
                  "--clear_cache", "--max_lengths", "--strategies", "--packing_buffer", "--effective_batch_size"):
         assert flag in text
+
+
+def test_several_files_of_both_kinds_give_per_file_rows_and_one_simulation(tiny_model_dir, sample_dir, repo_root,
+                                                                           tmp_path):
+    """LVIS sample (first 30 records) + the messages sample: every record is one sample_stats row
+    naming its file and kind, per-file rows add up to the totals, the report shows them, and
+    overlong messages rows are lost (not split) in the split simulation."""
+    from swift_plugins.analysis import report
+
+    messages = repo_root / "public_data" / "messages" / "sample" / "train.jsonl"
+    out = tmp_path / "out"
+    argv = ["--model_path", str(tiny_model_dir), "--train_jsonl", str(sample_dir / "train.jsonl"), str(messages),
+            "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--max_lengths", "900,4000",
+            "--max_samples", "30", "--effective_batch_size", "8", "--world_size", "2"]
+    token_analysis.run(token_analysis.options_from_argv(argv))
+    stats = json.loads((out / "dataset_stats.json").read_text())
+    rows = _rows(out / "sample_stats.jsonl")
+    assert stats["inputs"]["train_jsonl"] == [str(sample_dir / "train.jsonl"), str(messages)]
+    assert [(r["file"], r["line"], r["kind"]) for r in rows] == (
+        [(0, i, "lvis") for i in range(1, 31)] + [(1, i, "messages") for i in range(1, 31)])
+    assert all(r["num_images"] == 1 for r in rows[:30]) and {r["num_images"] for r in rows[30:]} >= {0, 1, 2}
+    lvis, msgs = stats["files"]
+    assert (lvis["jsonl"], lvis["records_read"], lvis["num_samples"], lvis["lvis"], lvis["messages"]) == (
+        str(sample_dir / "train.jsonl"), 30, 30, 30, 0)
+    assert (msgs["records_read"], msgs["num_samples"], msgs["lvis"], msgs["messages"]) == (30, 30, 0, 30)
+    assert stats["num_samples"] == 60 and stats["sum_total_tokens"] == lvis["sum_total_tokens"] + msgs["sum_total_tokens"]
+    assert msgs["max_total_tokens"] == max(r["total_tokens"] for r in rows[30:])
+    sims = json.loads((out / "packing_simulations.json").read_text())
+    split = next(e for e in sims if (e["global_max_length"], e["strategy"], e["buffer_size"], e["overlong"]) ==
+                 (900, DEFAULT_STRATEGY, None, "split"))
+    over_messages = sum(1 for r in rows[30:] if r["total_tokens"] > 900)  # line 26: 960 tokens
+    over_lvis = sum(1 for r in rows[:30] if r["total_tokens"] > 900)
+    assert over_messages == 1 and over_lvis > 0 and split["records_split"] == over_lvis - split["records_lost"] + over_messages
+    assert split["records_lost"] >= over_messages
+    summary = report.summary_md(report.load_analysis(str(out)), report.setup_from_analysis(report.load_analysis(str(out))),
+                                figures_rel="figures", est={"rows": []})
+    assert "### Per file" in summary
+    assert f"| `{messages}` | 30 | 0 | 30 | 0 | 30 | {report.fmt_val(msgs['mean_total_tokens'])} |" in summary
+    assert f"- Dataset: `{sample_dir / 'train.jsonl'}` + `{messages}`, 60 samples" in summary

@@ -64,7 +64,8 @@ def test_runtime_options_and_sidecar_round_trip(cfg, tmp_path):
         "packing_drop_last": True, "eval_packing": False, "packing_strategy": "greedy", "packing_seed": 42, "packing_overlong": "drop",
         "length_cache_dir": ".cache/swiftpack",
         "save_delay_steps": 50, "log_data_order": False, "on_error": "raise", "skip_report_dir": None,
-        "check_images": True, "train_jsonl": "data/train.jsonl", "val_jsonl": None, "prompt": "Find all.",
+        "check_images": True, "record_format": "auto", "train_jsonl": ["data/train.jsonl"], "val_jsonl": None,
+        "prompt": "Find all.",
         "object_ordering": "random", "emit_norm": "norm1000", "conversation_seed": 3, "coord_tokens": False,
         "coord_tokens_skip_bbox_norm": False, "coord_offset": False}
     assert options.conversation_options() == ConversationOptions(prompt="Find all.", object_ordering="random",

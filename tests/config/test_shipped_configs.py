@@ -71,7 +71,8 @@ def test_tiny_configs_run_on_cpu(monkeypatch):
         assert (cfg.model.model, cfg.model.torch_dtype, cfg.model.attn_impl) == (
             "model_cache/tiny-qwen3-vl", "float32", "sdpa")
         assert cfg.deepspeed.config is None and cfg.training.use_cpu
-        assert cfg.custom.train_jsonl == "public_data/lvis/sample/train.jsonl"
+        assert cfg.custom.train_jsonl == ["public_data/lvis/sample/train.jsonl",
+                                          "public_data/messages/sample/train.jsonl"]
         assert cfg.training.max_steps is not None and cfg.training.max_steps <= 10
     # also valid for the 2-process CPU run
     assert C.resolve_config("configs/tiny/sft_padding.yaml", world_size=2).gradient_accumulation_steps == 1

@@ -1,5 +1,8 @@
 """End-to-end runs on the tiny model (CPU), each kind of run once, every assertion on its files and logs.
 
+Training data: LVIS detection records (one dense, split into pieces) mixed with ms-swift messages
+rows (captions, multi-image, multi-turn; one too long for the packs, dropped and reported).
+
     packed     python -m swift_plugins.sft, packing, 1 process, val set, eval at start, save delay
     resumed    the packed run again from its checkpoint-2: the same packs and losses afterwards
     torchrun   2 ranks, packing: each rank trains exactly its dealt packs; eval with an uneven last batch
@@ -16,7 +19,7 @@ import sys
 
 import pytest
 
-from conftest import child_environment, free_port, make_lvis_jsonl, read_jsonl, run
+from conftest import child_environment, free_port, make_lvis_jsonl, msg, read_jsonl, run, save_image
 from swift_plugins.packing.samples import epoch_order
 
 pytestmark = pytest.mark.e2e
@@ -24,22 +27,41 @@ PY = sys.executable
 # Varied object counts -> varied lengths, so packs hold several samples; 40 objects is a dense
 # record over global_max_length 640 that packing_overlong split cuts into pieces.
 COUNTS = [1, 3, 2, 6, 1, 4, 2, 1, 5, 2, 3, 1, 40, 2]
-VAL_RECORDS = 7
 MAX_LENGTH = 640
 SEED = 42  # training.seed of the tiny configs: packing_seed null -> the seed
+LONG_ANSWER = " ".join(f"word{i % 7}" for i in range(400))  # one messages row longer than MAX_LENGTH
+CHAT_TRAIN = [
+    {"messages": [msg("user", "<image>Describe the image."), msg("assistant", "A blue square.")], "images": ["c0.png"]},
+    {"messages": [msg("system", "Be brief."), msg("user", "Compare <image> and <image>."), msg("assistant", "Same.")],
+     "images": ["c1.png", "c0.png"]},
+    {"messages": [msg("user", "<image>What is it?"), msg("assistant", "A box."), msg("user", "Colour?"),
+                  msg("assistant", "Blue.")], "images": ["c1.png"]},
+    {"messages": [msg("user", "<image>Tell me everything."), msg("assistant", LONG_ANSWER)], "images": ["c0.png"]},
+    {"messages": [msg("user", "What is 2+2?"), msg("assistant", "4")]},
+]
+CHAT_VAL = CHAT_TRAIN[:3]
+VAL_RECORDS = 7 + len(CHAT_VAL)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("e2e-data")
     make_lvis_jsonl(folder, len(COUNTS), object_counts=COUNTS)
-    make_lvis_jsonl(folder, VAL_RECORDS, "val.jsonl")
+    make_lvis_jsonl(folder, 7, "val.jsonl")
+    save_image(folder / "c0.png", (100, 70))
+    save_image(folder / "c1.png", (64, 90))
+    for name, rows in (("chat.jsonl", CHAT_TRAIN), ("chat_val.jsonl", CHAT_VAL)):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
 
+def train_files(data):
+    return [str(data / "train.jsonl"), str(data / "chat.jsonl")]
+
+
 def common(model, data, out):
-    return ["--model.model", str(model), "--custom.train_jsonl", str(data / "train.jsonl"),
-            "--custom.val_jsonl", str(data / "val.jsonl"), "--training.output_dir", str(out),
+    return ["--model.model", str(model), "--custom.train_jsonl", *train_files(data),
+            "--custom.val_jsonl", str(data / "val.jsonl"), str(data / "chat_val.jsonl"), "--training.output_dir", str(out),
             "--training.add_version", "false", "--training.logging_steps", "1", "--swift.eval_on_start", "true",
             "--training.eval_steps", "1000"]
 
@@ -105,18 +127,30 @@ def padded(tiny_model_dir, data, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------- packed
-def test_packed_run_accounts_for_every_record_and_trains_each_once(packed):
+def test_packed_run_accounts_for_every_record_and_trains_each_once(packed, data):
     out, log = packed
     summary = json.loads((out / "packing" / "summary.json").read_text())["train"]
-    assert summary["records_read"] == len(COUNTS) and summary["records_skipped"] == 0
-    assert summary["records_split"] == 1 and summary["samples"] > len(COUNTS)
-    assert summary["samples"] == summary["samples_packed"] + summary["samples_dropped"] and summary["samples_dropped"] == 0
+    assert summary["records_read"] == len(COUNTS) + len(CHAT_TRAIN) and summary["records_skipped"] == 0
+    assert summary["records_split"] == 1 and summary["samples"] > len(COUNTS) + len(CHAT_TRAIN)
+    assert summary["samples"] == summary["samples_packed"] + summary["samples_dropped"] and summary["samples_dropped"] == 1
+    lvis, chat = summary["files"]
+    assert (lvis["records_by_kind"], lvis["samples_dropped"]) == ({"lvis": len(COUNTS), "messages": 0}, 0)
+    assert (chat["records_by_kind"], chat["samples"], chat["samples_packed"]) == (
+        {"lvis": 0, "messages": len(CHAT_TRAIN)}, len(CHAT_TRAIN), len(CHAT_TRAIN) - 1)
+    (dropped,) = read_jsonl(out / "packing" / "dropped_samples.jsonl")  # the long messages row, with its reason
+    assert (dropped["split"], dropped["jsonl"], dropped["line"], dropped["part"]) == ("train", str(data / "chat.jsonl"),
+                                                                                      4, -1)
+    assert dropped["reason"] == f"overlong: {dropped['length']} > max_length {MAX_LENGTH}"
     plan = json.loads((out / "packing" / "plan.json").read_text())
     assert sum(len(p) for p in plan["packs"]) == summary["samples_packed"]
     assert summary["avg_samples_per_pack"] > 1.5
     logs = train_logs(out)
     assert logs and all(math.isfinite(r["loss"]) for r in logs)
     assert sum(r["samples_per_step"] for r in logs) == summary["samples_packed"]  # one epoch: each sample once
+    samples = json.loads((out / "packing" / "samples.json").read_text())
+    trained = sorted(i for s in served(out, 0) for pack in s["samples"] for i in pack)
+    assert trained == sorted(i for p in json.loads((out / "packing" / "plan.json").read_text())["packs"] for i in p)
+    assert {samples["kinds"][i] for i in trained} == {0, 1}  # packs of detection records and messages rows
     assert "swiftpack packing: " in log and "dropped/skipped list" in log
 
 
@@ -227,7 +261,8 @@ def test_padded_run_trains_saves_and_groups_the_optimizer(padded, data):
     assert (args["optimizer"], args["tuner_type"], args["use_dora"], args["gradient_accumulation_steps"]) == (
         "swiftpack_multimodal", "lora", True, 2)
     assert (args["swiftpack_train_jsonl"], args["swiftpack_object_ordering"], args["packing"]) == (
-        str(data / "train.jsonl"), "sorted", False)
+        train_files(data), "sorted", False)
+    assert args["dataset"] == train_files(data)
     assert "swiftpack multimodal optimizer groups: llm/decay:" in log
 
 
@@ -252,7 +287,8 @@ def test_bundled_sample_trains_packed_through_plain_swift_sft(tiny_model_dir, tm
     assert "from swift_plugins import register_plugins" in plugin
     ok([swift_cli, "sft", str(flat)])
     summary = json.loads((out / "packing" / "summary.json").read_text())["train"]
-    assert summary["records_read"] == 200 and summary["records_skipped"] == 0
+    assert summary["records_read"] == 200 + 40 and summary["records_skipped"] == 0  # LVIS + messages samples
+    assert [f["records_by_kind"] for f in summary["files"]] == [{"lvis": 200, "messages": 0}, {"lvis": 0, "messages": 40}]
     assert summary["samples"] == summary["samples_packed"] and summary["records_split"] > 0
     order, _ = dealt_order(out, 1)
     (step,) = served(out, 0)

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from conftest import awkward_messages_records
 from swift_plugins.data import ConversationOptions, iter_records
+from swift_plugins.errors import UserError
 from swift_plugins.files import line_offsets, read_line
 from swift_plugins.names import PACKING_TEMPLATE
 from swift_plugins.packing.samples import build_sample_plan, pack_count_multiple_of
@@ -101,5 +103,37 @@ def test_overlong_split_keeps_every_object_and_each_piece_fits(packing_template,
         pieces.setdefault(int(split.lines[k]), []).extend(objects)
         assert packing_template.encode(row, return_length=True)["length"] == int(split.lengths[k]) <= limit
     for line, objects in pieces.items():
-        record = json.loads(read_line(split.path, line_offsets(split.path), line))
+        record = json.loads(read_line(split.paths[0], line_offsets(split.paths[0]), line))
         assert len(objects) == len(record["objects"])
+
+
+def test_mixed_detection_and_messages_plan_accounts_for_every_record(packing_template, sample_dir, tmp_path):
+    """LVIS sample + hand-made messages rows at 6,000 tokens: the 4 detection records over it become
+    pieces, the 8,484-token messages row (line 6) is dropped with its reason, each pack holding a
+    messages row encodes to its planned lengths, and under overlong=error the run stops naming it."""
+    counter = counter_from_template(packing_template)
+    messages = tmp_path / "m.jsonl"
+    messages.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in awkward_messages_records(tmp_path)))
+    paths = [str(sample_dir / "train.jsonl"), str(messages)]
+    sp = build_sample_plan(paths, counter, ConversationOptions(), global_max_length=6000, overlong="split",
+                           cache_dir=tmp_path / "cache")
+    assert sp.split_records == 4 and sp.skipped == []
+    assert sp.dropped_rows() == [{"jsonl": str(messages), "line": 6, "part": -1, "length": 8484,
+                                  "reason": "overlong: 8484 > max_length 6000"}]
+    summary = sp.summary()
+    assert summary["jsonl"] == paths and summary["records_read"] == 200 + 13
+    lvis, msgs = summary["files"]
+    assert (lvis["records_read"], lvis["records_by_kind"], lvis["samples_dropped"]) == (200, {"lvis": 200, "messages": 0}, 0)
+    assert (msgs["records_read"], msgs["records_by_kind"], msgs["samples"], msgs["samples_packed"],
+            msgs["samples_dropped"]) == (13, {"lvis": 0, "messages": 13}, 13, 12, 1)
+    assert lvis["samples"] == 200 + sum(1 for k in np.flatnonzero(sp.parts > 0))  # each split adds pieces - 1
+    assert summary["samples"] == summary["samples_packed"] + summary["samples_dropped"] == lvis["samples"] + 13
+    dataset = PackedDataset(sp, packing_template, ConversationOptions(), world_size=1, seed=0, counter=counter)
+    with_messages = [i for i, pack in enumerate(dataset.order) if any(sp.kinds[s] == 1 for s in pack)]
+    assert sum(int(sp.kinds[s] == 1) for i in with_messages for s in dataset.order[i]) == 12
+    for i in with_messages:
+        assert [e["length"] for e in dataset[i]] == [int(sp.lengths[s]) for s in dataset.order[i]]
+    with pytest.raises(UserError, match=rf"training.packing_overlong: error: 5 record\(s\) longer than "
+                                        rf"global_max_length 6000: .*{messages}:6 \(8484 tokens\)"):
+        build_sample_plan(paths, counter, ConversationOptions(), global_max_length=6000, overlong="error",
+                          cache_dir=tmp_path / "cache")
