@@ -5,7 +5,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import yaml
@@ -15,23 +14,6 @@ from swift_plugins import config as C
 from swift_plugins.config.schema import CoordTokensSection
 from swift_plugins.data import ConversationOptions
 from swift_plugins.packing import STRATEGIES
-
-BASE = """
-model:
-  model: models/m
-training:
-  effective_batch_size: 8
-custom:
-  train_jsonl: data/train.jsonl
-"""
-
-
-def write(folder, name, text):
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return str(path)
-
 
 def issues(path, overrides=(), world_size=1):
     with pytest.raises(C.ConfigError) as e:
@@ -116,6 +98,17 @@ def test_required_keys(cfg):
     path = cfg("x.yaml", "training:\n  effective_batch_size: 8\ncustom:\n  train_jsonl: null\n", base=False)
     assert issues(path) == ["x.yaml: model.model: required, not set",
                             "x.yaml:4: custom.train_jsonl: required, got null"]
+    path = cfg("y.yaml", "extends: base.yaml\ncustom:\n  train_jsonl: []\n  val_jsonl: [a.jsonl, 3]\n")
+    assert issues(path) == ["y.yaml:3: custom.train_jsonl: required, got an empty list",
+                            'y.yaml:4: custom.val_jsonl: expected list[str] | null, got list ["a.jsonl", 3]']
+
+
+def test_one_path_or_a_list_of_files(cfg):
+    one = C.resolve_config(cfg("a.yaml", "extends: base.yaml\ncustom:\n  train_jsonl: t.jsonl\n"), world_size=1)
+    many = C.resolve_config(cfg("b.yaml", "extends: base.yaml\ncustom:\n  train_jsonl: [t.jsonl, chat.jsonl]\n  val_jsonl: v.jsonl\n"),
+                            world_size=1)
+    assert one.config.custom.train_jsonl == ["t.jsonl"] and one.config.custom.val_jsonl is None
+    assert (many.config.custom.train_jsonl, many.config.custom.val_jsonl) == (["t.jsonl", "chat.jsonl"], ["v.jsonl"])
 
 
 def test_all_problems_at_once_across_files(cfg, tmp_path):
