@@ -166,8 +166,9 @@ class TrainingSection:
                                              "null: training.seed.", ours="packing_seed")
     packing_overlong: str = _key("drop", "Samples longer than global_max_length: drop (listed in "
                                          "<output_dir>/packing/dropped_samples.jsonl), error (stop and list them), "
-                                         "split (cut a dense record into pieces of the same image, each with "
-                                         "consecutive objects, so every object is trained).",
+                                         "split (cut a dense detection record into pieces of the same image, "
+                                         "each with consecutive objects, so every object is trained; a messages "
+                                         "row cannot be cut and is dropped and listed).",
                                  ours="packing_overlong", choices=OVERLONG_CHOICES)
     # checkpoints, evaluation, logging
     save_strategy: str = _key("steps", "When to save checkpoints.", swift="save_strategy",
