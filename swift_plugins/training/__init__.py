@@ -1,0 +1,1 @@
+"""Training-time components of swift_plugins (packed attention, packing template)."""
