@@ -22,7 +22,9 @@ segments come from the first of these that applies:
 
 Causal unless the caller says ``is_causal=False`` or the module has ``is_causal = False``
 (Qwen3-VL's vision blocks: one call per image, non-causal); a query block shorter than its key
-block is aligned bottom-right, as flash-attn does. Grouped-query heads, the module's
+block is aligned bottom-right, as flash-attn does. (transformers 5.17 also hands the vision calls
+the text row's ``cu_seq_lens``; a non-causal call ignores boundaries that do not end at its own
+token count, a causal one raises.) Grouped-query heads, the module's
 ``scaling`` and dropout (only while ``module.training``, per segment, sdpa's ``dropout_p``) are
 honoured. The output has sdpa_attention_forward's layout: (batch, seq, heads, head_dim), no weights.
 
@@ -189,26 +191,23 @@ def find_segments(batch: int, len_q: int, len_k: int, attention_mask: Optional[t
 
 
 def _sdpa_per_segment(q, k, v, seg: Segments, causal: bool, scale: float, dropout: float) -> torch.Tensor:
-    """(T, H, D) tokens -> (T, H, Dv); each segment through sdpa alone (no mask unless lengths differ)."""
-    groups = q.shape[1] // k.shape[1]
+    """(1, H, T, D) -> (1, Hq, T, Dv): each segment through sdpa alone, GQA as transformers' sdpa path does it."""
+    gqa = q.shape[1] != k.shape[1]
     pieces = []
     for qs, qe, ks, ke in zip(seg.cu_q, seg.cu_q[1:], seg.cu_k, seg.cu_k[1:]):
         if qe == qs:
             continue
         if ke == ks:  # no keys: flash-attn writes zeros
-            pieces.append(q.new_zeros(qe - qs, q.shape[1], v.shape[2]))
+            pieces.append(q.new_zeros(1, q.shape[1], qe - qs, v.shape[3]))
             continue
-        qi = q[qs:qe].transpose(0, 1).unsqueeze(0)
-        ki = k[ks:ke].repeat_interleave(groups, dim=1).transpose(0, 1).unsqueeze(0)
-        vi = v[ks:ke].repeat_interleave(groups, dim=1).transpose(0, 1).unsqueeze(0)
         mask, seg_causal = None, causal and qe - qs > 1
         if seg_causal and qe - qs != ke - ks:
             from torch.nn.attention.bias import causal_lower_right
             mask, seg_causal = causal_lower_right(qe - qs, ke - ks), False
-        out = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, dropout_p=dropout, is_causal=seg_causal,
-                                             scale=scale)
-        pieces.append(out[0].transpose(0, 1))
-    return torch.cat(pieces, dim=0) if pieces else q.new_zeros(0, q.shape[1], v.shape[2])
+        pieces.append(F.scaled_dot_product_attention(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke], attn_mask=mask,
+                                                     dropout_p=dropout, is_causal=seg_causal, scale=scale,
+                                                     enable_gqa=gqa))
+    return torch.cat(pieces, dim=2) if pieces else q.new_zeros(1, q.shape[1], 0, v.shape[3])
 
 
 def _varlen_kernel(q, k, v, seg: Segments, causal: bool, scale: float, kernel: Optional[Callable] = None):
@@ -230,6 +229,11 @@ def _varlen_kernel(q, k, v, seg: Segments, causal: bool, scale: float, kernel: O
     max_k = max(b - a for a, b in zip(seg.cu_k, seg.cu_k[1:]))
     kernel = kernel or _varlen_fn()
     return kernel(q.contiguous(), k.contiguous(), v.contiguous(), cu_q, cu_k, max_q, max_k, **call.kwargs)
+
+
+def _foreign(cu: Optional[torch.Tensor], total: int) -> bool:
+    """Boundaries that do not end at this call's token count describe some other sequence."""
+    return cu is not None and int(cu[-1]) != total
 
 
 def varlen_attention_forward(module: Optional[torch.nn.Module], query: torch.Tensor, key: torch.Tensor,
@@ -254,23 +258,32 @@ def varlen_attention_forward(module: Optional[torch.nn.Module], query: torch.Ten
     causal = bool(causal) and len_q > 1
     dropout = float(dropout) if module is not None and module.training else 0.0
     scale = float(scaling) if scaling is not None else head_dim ** -0.5
+    if not causal and _foreign(cu_seq_lens_q, batch * len_q) and _foreign(cu_seq_lens_k, batch * len_k):
+        # transformers 5.17 hands Qwen3-VL's vision tower the text row's cu_seq_lens (5.19 drops them);
+        # its non-flash path calls once per image, so this call is one segment. Causal calls still raise.
+        cu_seq_lens_q = cu_seq_lens_k = None
     seg = find_segments(batch, len_q, len_k, attention_mask, cu_seq_lens_q, cu_seq_lens_k, position_ids)
 
+    kernel = choose_kernel(query.device.type, query.dtype, dropout=dropout, head_dim=head_dim,
+                           varlen_available=_varlen_fn() is not None)
+    if kernel == KERNEL_SDPA and batch == 1 and seg.index_q is None:
+        # one row: slice the (1, H, L, D) tensors per segment, no copies (what sdpa_attention_forward gets)
+        out = _sdpa_per_segment(query, key, value, seg, causal, scale, dropout)[0].transpose(0, 1)
+        return out.reshape(batch, len_q, heads_q, -1).contiguous(), None
     # token-major (T, H, D), the layout of varlen kernels; the batch rows are concatenated
     q = query.transpose(1, 2).reshape(batch * len_q, heads_q, head_dim)
     k = key.transpose(1, 2).reshape(batch * len_k, heads_k, head_dim)
     v = value.transpose(1, 2).reshape(batch * len_k, heads_k, value.shape[-1])
     if seg.index_q is not None:
         q, k, v = q.index_select(0, seg.index_q), k.index_select(0, seg.index_k), v.index_select(0, seg.index_k)
-    kernel = choose_kernel(query.device.type, query.dtype, dropout=dropout, head_dim=head_dim,
-                           varlen_available=_varlen_fn() is not None)
     if kernel == KERNEL_VARLEN:
         out = _varlen_kernel(q, k, v, seg, causal, scale)
     else:
-        out = _sdpa_per_segment(q, k, v, seg, causal, scale, dropout)
+        heads_first = [t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)]
+        out = _sdpa_per_segment(*heads_first, seg, causal, scale, dropout)[0].transpose(0, 1)
     if seg.index_q is not None:  # padding positions get zeros, as flash-attn's pad_input writes
         out = out.new_zeros(batch * len_q, heads_q, out.shape[-1]).index_copy(0, seg.index_q, out)
-    return out.view(batch, len_q, heads_q, -1), None
+    return out.reshape(batch, len_q, heads_q, -1).contiguous(), None
 
 
 def varlen_attention_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,

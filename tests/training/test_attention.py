@@ -107,6 +107,17 @@ def test_bad_boundaries_and_dense_masks_are_refused():
         varlen_attention_forward(Attn(), q, k, v, None, position_ids=torch.zeros(3, 1, 8, dtype=torch.long))
 
 
+def test_text_boundaries_leaked_into_a_vision_call_are_ignored_there_only():
+    """transformers 5.17 forwards the text row's cu_seq_lens into Qwen3-VL's per-image vision calls."""
+    q, k, v = qkv(6, heads_k=4)
+    text_cu = torch.tensor([0, 25, 52, 80, 104], dtype=torch.int32)
+    out, _ = varlen_attention_forward(Attn(False), q, k, v, None, is_causal=False, cu_seq_lens_q=text_cu,
+                                      cu_seq_lens_k=text_cu)
+    torch.testing.assert_close(out, reference(q, k, v, [0, 6], [0, 6], False, 8 ** -0.5), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="rise from 0 to the 6 tokens"):
+        varlen_attention_forward(Attn(True), q, k, v, None, cu_seq_lens_q=text_cu, cu_seq_lens_k=text_cu)
+
+
 def test_dropout_is_per_segment_seeded_and_off_outside_training():
     q, k, v = qkv(12)
     cu = torch.tensor([0, 5, 12])
@@ -125,12 +136,11 @@ def test_dropout_is_per_segment_seeded_and_off_outside_training():
     # no leakage: sample 1's output has zero gradient with respect to sample 2's queries, keys and values
     grads = torch.autograd.grad(outs[0][:, :5].sum(), (q, k, v))
     assert all(g[:, :, 5:].abs().max() == 0 for g in grads) and all(g[:, :, :5].abs().max() > 0 for g in grads)
-    # one segment is sdpa's dropout_p exactly (same seed, same draws)
+    # one segment is what transformers' sdpa path computes with dropout_p, draw for draw (same seed)
     torch.manual_seed(3)
     one, _ = varlen_attention_forward(module, q, k, v, None, dropout=0.5)
     torch.manual_seed(3)
-    ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
-                                                           dropout_p=0.5, is_causal=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.5, is_causal=True, enable_gqa=True)
     assert torch.equal(one, ref.transpose(1, 2))
 
 
@@ -196,13 +206,15 @@ def test_mask_function_returns_no_dense_mask():
         raise AssertionError("the mask pattern must not be evaluated")
 
     assert varlen_attention_mask(1, 4096, 4096, mask_function=never, attention_mask=None) is None
-    assert varlen_attention_mask(2, 6, 6, mask_function=never, attention_mask=torch.ones(2, 6, dtype=torch.bool)) is None
+    unpadded = torch.ones(2, 6, dtype=torch.bool)
+    assert varlen_attention_mask(2, 6, 6, mask_function=never, attention_mask=unpadded) is None
     padded = torch.tensor([[True] * 6, [False, False] + [True] * 4])
     assert torch.equal(varlen_attention_mask(2, 6, 6, mask_function=never, attention_mask=padded), padded)
 
 
 def test_import_declares_and_register_is_idempotent():
-    code = ("from transformers import AttentionInterface\nfrom transformers.masking_utils import AttentionMaskInterface\n"
+    code = ("from transformers import AttentionInterface\n"
+            "from transformers.masking_utils import AttentionMaskInterface\n"
             "from swift_plugins.training import attention as a\n"
             "assert a.ATTN_IMPL not in AttentionInterface._global_mapping\n"
             "assert a.ATTN_IMPL not in AttentionMaskInterface._global_mapping\n"
