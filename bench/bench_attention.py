@@ -151,6 +151,8 @@ def time_rows(decoder, rows: List[str], lengths: List[int], reps: int, device: s
     """
     import torch
 
+    if not rows:
+        return {}
     batches = {row: row_batches(decoder, row, lengths, device, dtype) for row in rows}
     out = {row: {"walls": [], "cpus": []} for row in rows}
     for row in rows:  # warm-up
@@ -259,11 +261,11 @@ def bench(models: List[str], lengths_by_model: Dict[str, List[int]], model_path:
                 elif device == "cpu":
                     case["mem_above_model"] = None
                 row_cases[row] = case
-            rows = [r for r, c in row_cases.items() if "skipped" not in c and "error" not in c]
+            runnable = [r for r, c in row_cases.items() if "skipped" not in c and "error" not in c]
             try:
-                timed = time_rows(decoder, rows, lengths, reps, device, getattr(torch, dtype))
+                timed = time_rows(decoder, runnable, lengths, reps, device, getattr(torch, dtype))
             except torch.cuda.OutOfMemoryError as e:  # a dense row out of GPU memory is a result, not a crash
-                timed = {r: {"error": f"out of memory: {str(e)[:100]}"} for r in rows}
+                timed = {r: {"error": f"out of memory: {str(e)[:100]}"} for r in runnable}
                 _free_cuda()
             for row, case in row_cases.items():
                 case.update(timed.get(row, {}))

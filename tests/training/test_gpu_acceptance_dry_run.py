@@ -10,6 +10,9 @@ import pytest
 
 from swift_plugins.analysis.memory import MemorySetup, ModelShape, estimate_step_memory
 
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "bench"))
+import bench_attention  # noqa: E402
+
 ROWS = {"swiftpack_varlen", "sdpa_4d_mask", "eager", "one_by_one"}
 
 
@@ -78,3 +81,15 @@ def test_memory_rows_are_the_estimate_of_the_written_config(summary):
         assert r["measured_gib"] is None  # CPU: no allocator peak to read
         assert r["estimate_total_gib"] == pytest.approx(est["total"] / 1024 ** 3)
         assert r["estimate_without_overhead_gib"] == pytest.approx((est["total"] - est["overhead"]) / 1024 ** 3)
+
+
+def test_bench_reports_every_row_of_every_length_measured_or_skipped(tiny_model_dir):
+    """A skipped row stays in the table (with its estimate) at every later length: nothing disappears."""
+    result = bench_attention.bench(["tiny"], {"tiny": [64, 128, 192]}, str(tiny_model_dir), "cpu", "float32", reps=1,
+                                   skip_s=0.0, skip_gib=1.0, memory=False, log=lambda line: None)
+    cases = {(c["n"], c["row"]): c for c in result["cases"]}
+    assert sorted(cases) == sorted((n, row) for n in (64, 128, 192) for row in ROWS)
+    assert all(cases[(64, row)]["seconds"] > 0 for row in ROWS)  # nothing to estimate from: measured
+    for n in (128, 192):  # any estimate exceeds 0 s: every row skipped, and says why
+        assert all(cases[(n, row)]["skipped"].startswith("skipped: estimated") for row in ROWS)
+    assert all(t["met"] is None for t in result["targets"])
