@@ -209,18 +209,21 @@ def memory_in_child(case: Dict, timeout: float) -> Dict:
     return json.loads(lines[-1])
 
 
-def skip_reason(row: str, n: int, prev: Dict[str, Dict], reps: int, skip_s: float, skip_gib: float) -> Optional[str]:
-    """Why ``row`` at ``n`` tokens is not run: its estimate from the previous length is over the limits.
+def skip_reason(row: str, n: int, history: Dict[str, Dict[int, Dict]], reps: int, skip_s: float,
+                skip_gib: float) -> Optional[str]:
+    """Why ``row`` at ``n`` tokens is not run: its estimate from its last measured length is over the limits.
 
-    Estimate = the packed row's linear cost (swiftpack_varlen at L_prev) x r + the row's extra over it x r^2
-    (r = L / L_prev; the extra of sdpa_4d_mask / eager is the L x L mask and scores), in seconds per case
-    (warm-up, reps, memory pass) and GiB above model.
+    ``history[row][L]``: measured cases. Estimate = swiftpack_varlen's cost at that same length x r + the
+    row's extra over it x r^2 (r = n / L; the extra of sdpa_4d_mask / eager is the L x L mask and scores),
+    in seconds per case (warm-up, reps, memory pass) and GiB above model.
     """
-    mine, ours = prev.get(row), prev.get("swiftpack_varlen")
-    if mine is None or "seconds" not in mine:
+    measured = history.get(row, {})
+    if not measured:
         return None
+    mine = measured[max(measured)]
+    ours = history.get("swiftpack_varlen", {}).get(mine["n"])
+    base = ours if row in DENSE_ROWS and ours is not None else mine
     r = n / mine["n"]
-    base = ours if row in DENSE_ROWS and ours is not None and ours["n"] == mine["n"] else mine
 
     def grow(key):
         linear = base.get(key) or 0
@@ -246,13 +249,13 @@ def bench(models: List[str], lengths_by_model: Dict[str, List[int]], model_path:
     cases = []
     for model in models:
         decoder = build_decoder(model, model_path, device, getattr(torch, dtype))
-        prev: Dict[str, Dict] = {}
+        history: Dict[str, Dict[int, Dict]] = {}
         for n in lengths_by_model[model]:
             lengths = lvis_like_pack(n, seed)
             row_cases = {}
             for row in rows:
                 case = {"model": model, "row": row, "n": n, "lengths": lengths, "device": device, "dtype": dtype}
-                reason = skip_reason(row, n, prev, reps, skip_s, skip_gib)
+                reason = skip_reason(row, n, history, reps, skip_s, skip_gib)
                 if reason:
                     case["skipped"] = reason
                 elif device == "cpu" and memory:
@@ -271,7 +274,7 @@ def bench(models: List[str], lengths_by_model: Dict[str, List[int]], model_path:
                 case.update(timed.get(row, {}))
                 cases.append(case)
                 if "seconds" in case:
-                    prev[row] = case
+                    history.setdefault(row, {})[n] = case
                 log(_case_line(case))
         del decoder
         _free_cuda()

@@ -93,3 +93,20 @@ def test_bench_reports_every_row_of_every_length_measured_or_skipped(tiny_model_
     for n in (128, 192):  # any estimate exceeds 0 s: every row skipped, and says why
         assert all(cases[(n, row)]["skipped"].startswith("skipped: estimated") for row in ROWS)
     assert all(t["met"] is None for t in result["targets"])
+
+
+def test_skip_estimate_grows_the_dense_rows_extra_quadratically():
+    mib = 1024 ** 2
+    history = {"swiftpack_varlen": {8192: {"n": 8192, "seconds": 1.0, "mem_above_model": 100 * mib},
+                                    16384: {"n": 16384, "seconds": 2.0, "mem_above_model": 200 * mib}},
+               "eager": {8192: {"n": 8192, "seconds": 5.0, "mem_above_model": 1100 * mib}}}
+    # eager at 32k from its 8k case: (1 s x 4 + 4 s x 16) x (3 reps + 2) = 340 s; 100 MiB x 4 + 1000 MiB x 16
+    assert bench_attention.skip_reason("eager", 32768, history, 3, 600, 17) is None  # 16,400 MiB = 16.02 GiB
+    assert bench_attention.skip_reason("eager", 32768, history, 3, 600, 16) == (
+        "skipped: estimated 340 s for the case, 16.0 GiB above model (from the measured 8192: linear part x 4, "
+        "the rest x 16); --skip_over 600,16")
+    assert bench_attention.skip_reason("eager", 32768, history, 3, 339, 17).startswith("skipped: estimated 340 s")
+    # a linear row grows linearly from its own last length: 2 s x 2 x 5 = 20 s
+    assert bench_attention.skip_reason("swiftpack_varlen", 32768, history, 3, 19, 17).startswith(
+        "skipped: estimated 20 s")
+    assert bench_attention.skip_reason("one_by_one", 32768, history, 3, 0, 0) is None  # never measured: run it
