@@ -116,6 +116,8 @@ def test_text_boundaries_leaked_into_a_vision_call_are_ignored_there_only():
     torch.testing.assert_close(out, reference(q, k, v, [0, 6], [0, 6], False, 8 ** -0.5), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="rise from 0 to the 6 tokens"):
         varlen_attention_forward(Attn(True), q, k, v, None, cu_seq_lens_q=text_cu, cu_seq_lens_k=text_cu)
+    with pytest.raises(ValueError, match="rise from 0 to the 1 tokens"):  # a causal layer decoding one token too
+        varlen_attention_forward(Attn(True), q[:, :, :1], k, v, None, cu_seq_lens_q=text_cu, cu_seq_lens_k=text_cu)
 
 
 def test_dropout_is_per_segment_seeded_and_off_outside_training():
