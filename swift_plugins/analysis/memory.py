@@ -10,8 +10,10 @@
     logits       = L * vocab * 10                   (bf16 logits 2 + fp32 copy for the loss 4 + its grad 4)
     overhead     = 2 GiB                            (CUDA context, allocator fragmentation, buffers)
 
-Assumptions: per-device batch of one packed row of L tokens; flash-attention or a memory-
-efficient SDPA kernel (no L x L score matrix); bf16 weights; AdamW; LoRA trainable count
+Assumptions: per-device batch of one packed row of L tokens; attention without an L x L score
+matrix or mask: ``swiftpack_varlen`` (the default with packing: torch's flash varlen kernel on
+CUDA bf16, sdpa per sample elsewhere) or flash-attn. With ``attn_impl: eager`` add the L x L
+float mask and scores (L = 20,000: 763 MiB for the bf16 mask alone); bf16 weights; AdamW; LoRA trainable count
 T = rank * (d_in + d_out) per targeted linear layer of the language model (all linear layers;
 DoRA adds d_out magnitudes), vision tower frozen under LoRA; full tuning trains the language
 model and the vision tower. The per-token activation factor (16*h + 6*i bytes/2) follows the

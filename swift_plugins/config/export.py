@@ -104,6 +104,8 @@ def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = Fal
             out[leaf.meta["name"]] = value
     if cfg.training.packing:  # the packing template isolates packed samples (swift_plugins.training.template)
         out["template"] = PACKING_TEMPLATE
+        if resolved.attn_impl[0] is not None:  # sdpa -> swiftpack_varlen: no L x L mask (resolve.packed_attn_impl)
+            out["attn_impl"] = resolved.attn_impl[0]
         # fresh dataloader workers each epoch see the epoch's pack order (persistent ones would not)
         out["dataloader_persistent_workers"] = False
         # the packs are already in the dealt order: ms-swift's sampler must not shuffle them again

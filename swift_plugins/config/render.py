@@ -53,6 +53,9 @@ def render_config(resolved: ResolvedConfig) -> str:
     lines.append(f"# derived (world_size {resolved.world_size} from {resolved.world_size_source}):")
     lines.append(f"#   gradient_accumulation_steps: {resolved.gradient_accumulation_steps}  "
                  f"({resolved.gradient_accumulation_source})")
+    attn_impl, why = resolved.attn_impl
+    if why:
+        lines.append(f"#   attn_impl: {attn_impl}  ({why})")
     return "\n".join(lines) + "\n"
 
 

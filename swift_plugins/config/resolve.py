@@ -29,7 +29,7 @@ from swift_plugins.config.schema import (NODE_TYPES, PRESET_DEEPSPEED, RESERVED_
                                          Config, children, is_section, leaf_by_path)
 from swift_plugins.config.values import (ConfigError, Issue, check_value, parse_tokens, range_problem, show,
                                          type_word, unknown_key_issue)
-from swift_plugins.names import PACKING_TEMPLATE
+from swift_plugins.names import PACKING_TEMPLATE, VARLEN_ATTENTION
 
 __all__ = ["ResolvedConfig", "missing_paths", "resolve_config", "resolve_world_size", "world_size_from_env"]
 
@@ -180,6 +180,24 @@ class ResolvedConfig:
         for part in dotted.split("."):
             obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
         return obj
+
+    @property
+    def attn_impl(self) -> Tuple[Optional[str], Optional[str]]:
+        """(attention ms-swift loads the model with, why it differs from model.attn_impl or None)."""
+        return packed_attn_impl(self.config.model.attn_impl, self.config.training.packing)
+
+
+def packed_attn_impl(attn_impl: Optional[str], packing: bool) -> Tuple[Optional[str], Optional[str]]:
+    """With packing, sdpa (or unset) becomes ``swiftpack_varlen``: sdpa would get an L x L mask.
+
+    >>> packed_attn_impl("sdpa", True)[0], packed_attn_impl(None, False), packed_attn_impl("eager", True)
+    ('swiftpack_varlen', (None, None), ('eager', None))
+    """
+    if not packing or attn_impl not in (None, "sdpa"):
+        return attn_impl, None
+    return VARLEN_ATTENTION, (f"model.attn_impl {attn_impl or 'unset'} -> {VARLEN_ATTENTION} with training.packing: "
+                              "attention per packed sample, no L x L mask (model.attn_impl eager or flash_attn "
+                              "keeps those)")
 
 
 def resolve_world_size(flag: Optional[int], environ: Mapping[str, str]) -> Tuple[int, str]:

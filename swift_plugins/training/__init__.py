@@ -19,8 +19,9 @@ __all__ = ["register_all"]
 
 def register_all() -> None:
     """Register the template, bundled datasets, optimizer, callbacks and attention (idempotent)."""
-    from swift_plugins.training import callbacks, datasets, optimizer, template
+    from swift_plugins.training import attention, callbacks, datasets, optimizer, template
 
+    attention.register()
     template.register()
     datasets.register()
     optimizer.register()

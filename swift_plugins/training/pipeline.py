@@ -167,5 +167,9 @@ def run_resolved(resolved: ResolvedConfig) -> dict:
 
     register_all()
     register_runtime(runtime_options(resolved))
+    if resolved.attn_impl[1]:
+        from swift.utils import get_logger
+
+        get_logger().info(f"swiftpack attention: {resolved.attn_impl[1]}")
     argv = swift_argv(flat_swift_args(resolved, with_runtime_fields=True))
     return SwiftpackSft(argv).main()

@@ -28,7 +28,7 @@ def test_flat_swift_args_exact(cfg):
         """)
     r = C.resolve_config(path, world_size=2)
     assert C.flat_swift_args(r) == {
-        "model": "models/m", "model_type": "qwen3_vl", "torch_dtype": "float32", "attn_impl": "sdpa",
+        "model": "models/m", "model_type": "qwen3_vl", "torch_dtype": "float32", "attn_impl": "swiftpack_varlen",
         "check_model": False, "tuner_type": "lora", "use_dora": True, "lora_rank": 8, "lora_alpha": 32.0,
         "lora_dropout": 0.05, "target_modules": ["all-linear"], "freeze_llm": False, "freeze_vit": False,
         "freeze_aligner": True, "optimizer": "swiftpack_multimodal", "learning_rate": 2e-4, "vit_lr": 1e-4,
@@ -39,15 +39,32 @@ def test_flat_swift_args_exact(cfg):
         "add_version": True, "report_to": ["tensorboard"], "dataset_num_proc": 1, "max_pixels": 65536,
         "truncation_strategy": "delete", "dataset": ["data/train.jsonl"], "val_dataset": ["data/val.jsonl"],
         "callbacks": ["swiftpack_save_delay", "swiftpack_eval_token_mean"], "max_new_tokens": 8,
-        # packing on: the isolating template, fresh dataloader workers each epoch (new pack order),
-        # and no second shuffle of the dealt packs
+        # packing on: the isolating template, attention per packed sample (sdpa would get an L x L
+        # mask), fresh dataloader workers each epoch (new pack order), no second shuffle of the dealt packs
         "template": "qwen3_vl_packing", "dataloader_persistent_workers": False, "train_dataloader_shuffle": False}
     assert "packing" not in C.flat_swift_args(r)  # ms-swift's own packing is never switched on
+    assert r.attn_impl == ("swiftpack_varlen", "model.attn_impl sdpa -> swiftpack_varlen with training.packing: "
+                           "attention per packed sample, no L x L mask (model.attn_impl eager or flash_attn keeps those)")
+    assert C.render_config(r).splitlines()[-1] == f"#   attn_impl: swiftpack_varlen  ({r.attn_impl[1]})"
     argv = C.swift_argv(C.flat_swift_args(r, with_runtime_fields=True))
     assert argv[argv.index("--swiftpack_packing") + 1] == "True"
+    assert argv[argv.index("--attn_impl") + 1] == "swiftpack_varlen"
     assert argv[argv.index("--swiftpack_global_max_length") + 1] == "4096"
     assert argv[argv.index("--target_modules") + 1] == "all-linear"
     assert argv[argv.index("--check_model") + 1] == "False"
+
+
+@pytest.mark.parametrize("attn_impl, packing, expected", [
+    (None, True, "swiftpack_varlen"), ("sdpa", True, "swiftpack_varlen"), ("eager", True, "eager"),
+    ("flash_attn", True, "flash_attn"), ("swiftpack_varlen", True, "swiftpack_varlen"), ("sdpa", False, "sdpa"),
+    (None, False, None), ("swiftpack_varlen", False, "swiftpack_varlen")])
+def test_packing_replaces_only_sdpa_or_unset_attention(cfg, attn_impl, packing, expected):
+    model = "" if attn_impl is None else f"model: {{attn_impl: {attn_impl}, torch_dtype: bfloat16}}\n"
+    training = "training: {packing: true, global_max_length: 4096}\n" if packing else ""
+    r = C.resolve_config(cfg("x.yaml", "extends: base.yaml\n" + model + training), world_size=1)
+    assert C.flat_swift_args(r).get("attn_impl") == expected
+    assert (r.attn_impl[1] is not None) == (packing and attn_impl in (None, "sdpa"))
+    assert ("#   attn_impl:" in C.render_config(r)) == (r.attn_impl[1] is not None)
 
 
 def test_runtime_options_and_sidecar_round_trip(cfg, tmp_path):

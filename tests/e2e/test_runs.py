@@ -18,6 +18,7 @@ import pathlib
 import sys
 
 import pytest
+import yaml
 
 from conftest import child_environment, free_port, make_lvis_jsonl, msg, read_jsonl, run, save_image
 from swift_plugins.packing.samples import epoch_order
@@ -152,6 +153,9 @@ def test_packed_run_accounts_for_every_record_and_trains_each_once(packed, data)
     assert trained == sorted(i for p in json.loads((out / "packing" / "plan.json").read_text())["packs"] for i in p)
     assert {samples["kinds"][i] for i in trained} == {0, 1}  # packs of detection records and messages rows
     assert "swiftpack packing: " in log and "dropped/skipped list" in log
+    # the tiny config's sdpa becomes swiftpack_varlen with packing, said once at start-up
+    assert log.count("swiftpack attention: model.attn_impl sdpa -> swiftpack_varlen with training.packing") == 1
+    assert json.loads((out / "args.json").read_text())["attn_impl"] == "swiftpack_varlen"
 
 
 def test_packed_run_trains_the_dealt_packs_and_logs_them_per_step(packed):
@@ -262,7 +266,7 @@ def test_padded_run_trains_saves_and_groups_the_optimizer(padded, data):
         "swiftpack_multimodal", "lora", True, 2)
     assert (args["swiftpack_train_jsonl"], args["swiftpack_object_ordering"], args["packing"]) == (
         train_files(data), "sorted", False)
-    assert args["dataset"] == train_files(data)
+    assert args["dataset"] == train_files(data) and args["attn_impl"] == "sdpa"  # padding: as configured
     assert "swiftpack multimodal optimizer groups: llm/decay:" in log
 
 
@@ -283,6 +287,7 @@ def test_bundled_sample_trains_packed_through_plain_swift_sft(tiny_model_dir, tm
         "--custom.val_jsonl", "null", "--training.output_dir", str(out), "--training.add_version", "false",
         "--training.max_steps", "1", "--training.effective_batch_size", "1", "--training.log_data_order", "true",
         "--training.report_to", "tensorboard", "--training.logging_dir", str(tb), "--export_flat", str(flat)])
+    assert yaml.safe_load(flat.read_text())["attn_impl"] == "swiftpack_varlen"
     plugin = next(flat.parent.glob("swiftpack_options_*.py")).read_text()
     assert "from swift_plugins import register_plugins" in plugin
     ok([swift_cli, "sft", str(flat)])
