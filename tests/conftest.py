@@ -198,6 +198,22 @@ def make_lvis_jsonl(folder: pathlib.Path, n: int, name: str = "train.jsonl", obj
     return path
 
 
+# Four images of four different patch grids (not multiples of 32 on every side)
+GRID_SIZES = [(64, 96), (128, 64), (96, 96), (32, 160)]
+
+
+def detection_swift_rows(folder, sizes=GRID_SIZES) -> list[dict]:
+    """One ms-swift row per image size: a detection answer of two objects, the image written to ``folder``."""
+    rows = []
+    for i, (w, h) in enumerate(sizes):
+        image = pathlib.Path(folder) / f"img{i}.png"
+        Image.new("RGB", (w, h), (i * 50, 100, 200 - i * 40)).save(image)
+        answer = '[{"desc":"cat %d","bbox_2d":[1,2,3,%d]},{"desc":"dog","poly":[4,5,6,7,8,%d]}]' % (i, 7 * i, i)
+        rows.append({"messages": [{"role": "user", "content": "<image>Detect all objects."},
+                                  {"role": "assistant", "content": answer}], "images": [str(image)]})
+    return rows
+
+
 def tiny_overrides(model_dir, data_dir, out_dir, *extra):
     return ["--model.model", str(model_dir), "--custom.train_jsonl", str(data_dir / "train.jsonl"),
             "--custom.val_jsonl", "null", "--training.output_dir", str(out_dir), "--training.add_version", "false",

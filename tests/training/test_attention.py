@@ -7,16 +7,15 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import detection_swift_rows
 from swift_plugins.names import PACKING_TEMPLATE as TEMPLATE_TYPE
 from swift_plugins.training.template import register as register_template
 from swift_plugins.training import attention
 from swift_plugins.training.attention import (ATTN_IMPL, KERNEL_SDPA, KERNEL_VARLEN, choose_kernel, find_segments,
                                               register, varlen_attention_forward, varlen_attention_mask, varlen_call)
 
-SIZES = [(64, 96), (128, 64), (96, 96), (32, 160)]  # four images, four different grids
 NO_BOUNDARIES = "swiftpack_varlen_no_boundaries"
 
 
@@ -264,14 +263,7 @@ def encoded(tiny_model_dir, tmp_path_factory):
     template = get_template(processor, template_type=TEMPLATE_TYPE)
     template.set_mode("train")
     template.model = model
-    folder = tmp_path_factory.mktemp("images")
-    rows = []
-    for i, (w, h) in enumerate(SIZES):
-        image = folder / f"img{i}.png"
-        Image.new("RGB", (w, h), (i * 50, 100, 200 - i * 40)).save(image)
-        answer = '[{"desc":"cat %d","bbox_2d":[1,2,3,%d]},{"desc":"dog","poly":[4,5,6,7,8,%d]}]' % (i, 7 * i, i)
-        rows.append({"messages": [{"role": "user", "content": "<image>Detect all objects."},
-                                  {"role": "assistant", "content": answer}], "images": [str(image)]})
+    rows = detection_swift_rows(tmp_path_factory.mktemp("images"))
     return model, template, [template.encode(r, return_length=True) for r in rows]
 
 

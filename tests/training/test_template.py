@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
 
+from conftest import detection_swift_rows
 from swift_plugins.names import PACKING_TEMPLATE as TEMPLATE_TYPE
 from swift_plugins.training.template import register
 
-SIZES = [(64, 96), (128, 64), (96, 96), (32, 160)]
 
 
 def _setup(tiny_model_dir, tmp_path, attn_impl, device="cpu", dtype=torch.float32):
@@ -20,14 +19,7 @@ def _setup(tiny_model_dir, tmp_path, attn_impl, device="cpu", dtype=torch.float3
     template = get_template(processor, template_type=TEMPLATE_TYPE)
     template.set_mode("train")
     template.model = model
-    rows = []
-    for i, (w, h) in enumerate(SIZES):
-        image = tmp_path / f"img{i}.png"
-        Image.new("RGB", (w, h), (i * 50, 100, 200 - i * 40)).save(image)
-        answer = '[{"desc":"cat %d","bbox_2d":[1,2,3,%d]},{"desc":"dog","poly":[4,5,6,7,8,%d]}]' % (i, 7 * i, i)
-        rows.append({"messages": [{"role": "user", "content": "<image>Detect all objects."},
-                                  {"role": "assistant", "content": answer}], "images": [str(image)]})
-    encoded = [template.encode(r, return_length=True) for r in rows]
+    encoded = [template.encode(r, return_length=True) for r in detection_swift_rows(tmp_path)]
     return model, template, encoded
 
 
