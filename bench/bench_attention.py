@@ -225,9 +225,9 @@ def skip_reason(row: str, n: int, history: Dict[str, Dict[int, Dict]], reps: int
     base = ours if row in DENSE_ROWS and ours is not None else mine
     r = n / mine["n"]
 
-    def grow(key):
+    def grow(key):  # an extra below zero (a dense row faster at a short length) does not shrink with n
         linear = base.get(key) or 0
-        return linear * r + ((mine.get(key) or 0) - linear) * r * r
+        return linear * r + max(0.0, (mine.get(key) or 0) - linear) * r * r
 
     est_s, est_gib = grow("seconds") * (reps + 2), grow("mem_above_model") / 1024 ** 3
     if est_s > skip_s or est_gib > skip_gib:

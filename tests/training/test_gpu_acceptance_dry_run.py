@@ -110,3 +110,8 @@ def test_skip_estimate_grows_the_dense_rows_extra_quadratically():
     assert bench_attention.skip_reason("swiftpack_varlen", 32768, history, 3, 19, 17).startswith(
         "skipped: estimated 20 s")
     assert bench_attention.skip_reason("one_by_one", 32768, history, 3, 0, 0) is None  # never measured: run it
+    # a dense row faster than ours at its last length grows at least linearly (never a negative estimate):
+    # sdpa 0.5 s at 8k, ours 1 s -> 1 s x 4 x 5 = 20 s at 32k, not (4 - 8) x 5 < 0
+    history["sdpa_4d_mask"] = {8192: {"n": 8192, "seconds": 0.5, "mem_above_model": 50 * mib}}
+    assert bench_attention.skip_reason("sdpa_4d_mask", 32768, history, 3, 19, 17).startswith(
+        "skipped: estimated 20 s for the case, 0.4 GiB above model")
