@@ -10,8 +10,8 @@ Multi-GPU: ``torchrun --nproc_per_node=4 -m swift_plugins.sft --config configs/d
     --world_size N          world size for --print_config / --export_flat previews
 
 Config problems, a missing file and launcher mistakes are reported (all at once, one ``error:``
-line each) before torch or ms-swift are imported; exit status 2. A bad record found while
-planning is reported the same way. The run itself is
+line each) before torch or ms-swift are imported; exit status 2. So is a packed checkpoint
+resumed with another world size. A bad record found while planning is reported the same way. The run itself is
 :func:`swift_plugins.training.pipeline.run_resolved`.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import List, Mapping, Optional, Sequence
 from swift_plugins.config import (CLI_FLAGS, ConfigError, Issue, ResolvedConfig, export_flat, missing_paths,
                                   parse_cli, render_config, resolve_config, resolve_world_size, world_size_from_env)
 from swift_plugins.errors import run_main
+from swift_plugins.packing.resume import check_resume_world_size
 
 __all__ = ["launch_issues", "main"]
 
@@ -83,6 +84,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     issues = launch_issues(os.environ, cli.world_size) + missing_paths(resolved)
     if issues:
         raise ConfigError(issues)
+    training = resolved.config.training
+    if training.packing and training.resume_from_checkpoint:  # before the slow imports: a wrong launch fails fast
+        check_resume_world_size(training.resume_from_checkpoint, world_size_from_env(os.environ))
     from swift_plugins.training.pipeline import device_issues, run_resolved  # torch + ms-swift from here on
 
     issues = device_issues(resolved, os.environ)

@@ -26,8 +26,9 @@ from swift.callbacks import TrainerCallback, callbacks_map
 
 from swift_plugins.files import atomic_write_text
 from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, CALLBACK_PACKING, CALLBACK_SAVE_DELAY
+from swift_plugins.packing.resume import PACKING_STATE_FILE
 from swift_plugins.training.metrics import BatchRecorder
-from swift_plugins.training.packed_dataset import PACKING_STATE_FILE, PackedDataset
+from swift_plugins.training.packed_dataset import PackedDataset
 
 __all__ = ["DataOrderCallback", "EvalTokenMeanCallback", "PackingCallback", "SaveDelayCallback", "epoch_batches",
            "register", "register_save_delay", "save_allowed"]

@@ -31,43 +31,17 @@ from swift_plugins.files import atomic_write_text, line_offsets, read_line
 from swift_plugins.lengths.counter import DetectionAnswerCounter, LengthCounter
 from swift_plugins.lengths.dataset import KIND_CODES
 from swift_plugins.names import CALLBACK_PACKING, PACKING_TEMPLATE
+from swift_plugins.packing.resume import check_resume
 from swift_plugins.packing.samples import SamplePlan, build_sample_plan, epoch_order, pack_count_multiple_of, split_pieces
 from swift_plugins.training.calibration import counter_from_template
 from swift_plugins.training.template import EncodedPack
 
-__all__ = ["PACKING_STATE_FILE", "PackLengthMismatch", "PackedDataset", "build_packed_datasets", "check_resume",
-           "plan_digest"]
-
-PACKING_STATE_FILE = "swiftpack_packing.json"  # in every checkpoint of a packed run
+__all__ = ["PackLengthMismatch", "PackedDataset", "build_packed_datasets", "plan_digest"]
 
 
 def plan_digest(plan) -> str:
     """sha256 of the plan's JSON: two runs train the same packs exactly when their digests agree."""
     return hashlib.sha256(plan.to_json().encode()).hexdigest()
-
-
-def check_resume(checkpoint: Optional[str], state: dict) -> None:
-    """Refuse to continue a checkpoint whose world size or plan differ from this run's (``UserError``).
-
-    The pack order of every epoch and the pack count depend on the world size; the plan on the
-    data and the packing options. A checkpoint without the state file (not a packed run) is refused too.
-    """
-    if not checkpoint:
-        return
-    path = os.path.join(checkpoint, PACKING_STATE_FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"{checkpoint}: training.resume_from_checkpoint: no {PACKING_STATE_FILE} (not a checkpoint of "
-                        f"a packed run); resume a packed run's checkpoint or start a new run")
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    if saved["world_size"] != state["world_size"]:
-        raise UserError(f"{checkpoint}: training.resume_from_checkpoint: trained with world_size {saved['world_size']}, "
-                        f"this run has {state['world_size']}; the pack order depends on it (resume with torchrun "
-                        f"--nproc_per_node={saved['world_size']}, or start a new run)")
-    if (saved["plan_sha256"], saved["seed"]) != (state["plan_sha256"], state["seed"]):
-        raise UserError(f"{checkpoint}: training.resume_from_checkpoint: its packing plan differs from this run's (data, "
-                        f"global_max_length or packing options changed; {saved['num_packs']} packs then, "
-                        f"{state['num_packs']} now); resume with the same data and options, or start a new run")
 
 
 class PackLengthMismatch(RuntimeError):

@@ -251,7 +251,7 @@ def test_a_checkpoint_of_two_ranks_resumed_by_one_process_is_refused(torchrun, t
     assert (f"error: {out / 'checkpoint-1'}: training.resume_from_checkpoint: trained with world_size 2, this run "
             f"has 1; the pack order depends on it (resume with torchrun --nproc_per_node=2, or start a new run)"
             in log.splitlines())
-    assert "Traceback" not in log
+    assert "Traceback" not in log and "[INFO:swift]" not in log  # refused before ms-swift was imported
 
 
 # ----------------------------------------------------------------------------------- padded
