@@ -46,9 +46,9 @@ PLANS = {
             "wide_lengths": [4096, 16384], "reps": 3, "skip_over": (120.0, 100.0), "train_samples": 96,
             "pack_len": 16384, "padded_batch": 4, "length_scale": 1, "memory_lengths": [4096, 8192, 16384, 32768],
             "wide_text": True},
-    "dry_run": {"device": "cpu", "dtype": "float32", "tol": 1e-4, "tiny_lengths": [256, 512], "wide_lengths": [256],
-                "reps": 1, "skip_over": (60.0, 4.0), "train_samples": 8, "pack_len": 256, "padded_batch": 4,
-                "length_scale": 16, "memory_lengths": [128, 256], "wide_text": False},
+    "dry_run": {"device": "cpu", "dtype": "float32", "tol": 1e-4, "tiny_lengths": [128, 256], "wide_lengths": [128],
+                "reps": 1, "skip_over": (60.0, 4.0), "train_samples": 8, "pack_len": 128, "padded_batch": 4,
+                "length_scale": 32, "memory_lengths": [64, 128], "wide_text": False},
 }
 
 

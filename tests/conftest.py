@@ -5,9 +5,8 @@ import json
 import os
 import pathlib
 import sys
-import textwrap
-
 import subprocess
+import textwrap
 
 import pytest
 from PIL import Image

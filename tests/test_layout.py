@@ -211,18 +211,27 @@ for m in pkgutil.walk_packages(swift_plugins.__path__, "swift_plugins."):
 from swift.callbacks import callbacks_map
 from swift.optimizers import optimizers_map
 from swift.template import TEMPLATE_MAPPING
-from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, CALLBACK_PACKING, OPTIMIZER_NAME, PACKING_TEMPLATE
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+from swift_plugins.names import (CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, CALLBACK_PACKING, OPTIMIZER_NAME,
+                                 PACKING_TEMPLATE, VARLEN_ATTENTION)
+from swift_plugins.training import attention
 names = lambda: (PACKING_TEMPLATE in TEMPLATE_MAPPING, OPTIMIZER_NAME in optimizers_map,
-                 all(n in callbacks_map for n in (CALLBACK_DATA_ORDER, CALLBACK_PACKING, CALLBACK_EVAL_TOKEN_MEAN)))
+                 all(n in callbacks_map for n in (CALLBACK_DATA_ORDER, CALLBACK_PACKING, CALLBACK_EVAL_TOKEN_MEAN)),
+                 AttentionInterface._global_mapping.get(VARLEN_ATTENTION) is attention.varlen_attention_forward,
+                 AttentionMaskInterface._global_mapping.get(VARLEN_ATTENTION) is attention.varlen_attention_mask)
+registries = lambda: (dict(callbacks_map), dict(optimizers_map), len(TEMPLATE_MAPPING),
+                      dict(AttentionInterface._global_mapping), dict(AttentionMaskInterface._global_mapping))
 before = names()
 swift_plugins.register_plugins()
-first = (dict(callbacks_map), dict(optimizers_map), len(TEMPLATE_MAPPING))
+first = registries()
 swift_plugins.register_plugins()
-print(before, names(), (dict(callbacks_map), dict(optimizers_map), len(TEMPLATE_MAPPING)) == first)
+print(before, names(), registries() == first)
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "(False, False, False) (True, True, True) True"
+    assert out.stdout.strip().splitlines()[-1] == ("(False, False, False, False, False) (True, True, True, True, True) "
+                                                   "True")
 
 
 def test_swiftpack_argument_fields_carry_the_schema_help():

@@ -49,15 +49,15 @@ def test_isolation_on_the_fallback_kernel(summary):
 def test_attention_bench_cases_and_targets(summary):
     bench = summary[0]["checks"]["attention"]
     cases = bench["cases"]
-    assert {(c["model"], c["n"]) for c in cases} == {("tiny", 256), ("tiny", 512), ("wide", 256)}
+    assert {(c["model"], c["n"]) for c in cases} == {("tiny", 128), ("tiny", 256), ("wide", 128)}
     assert all({c["row"] for c in cases if (c["model"], c["n"]) == key} == ROWS
                for key in {(c["model"], c["n"]) for c in cases})
     assert all(c["seconds"] > 0 and c["mem_above_model"] is None for c in cases)
-    assert sum(cases[0]["lengths"]) == 256 and bench["device"] == "cpu"
+    assert sum(cases[0]["lengths"]) == 128 and bench["device"] == "cpu"
     by_target = {(t["model"], t["target"][:4]): t for t in bench["targets"]}
-    assert by_target[("tiny", "time")]["value"]["256"] == pytest.approx(
-        next(c["seconds"] for c in cases if c["n"] == 256 and c["row"] == "swiftpack_varlen")
-        / next(c["seconds"] for c in cases if c["n"] == 256 and c["row"] == "one_by_one" and c["model"] == "tiny"))
+    assert by_target[("tiny", "time")]["value"]["128"] == pytest.approx(
+        next(c["seconds"] for c in cases if c["n"] == 128 and c["row"] == "swiftpack_varlen")
+        / next(c["seconds"] for c in cases if c["n"] == 128 and c["row"] == "one_by_one" and c["model"] == "tiny"))
 
 
 def test_training_packed_and_padded_train_the_same_samples(summary):
@@ -75,7 +75,7 @@ def test_memory_rows_are_the_estimate_of_the_written_config(summary):
     setup = MemorySetup(tuner="full", zero_stage=0, gradient_checkpointing=True, world_size=1)
     assert m["setup"] == {"tuner": "full", "lora_rank": 16, "zero_stage": 0, "gradient_checkpointing": True,
                           "world_size": 1}
-    assert [r["seq_len"] for r in m["rows"]] == [128, 256]
+    assert [r["seq_len"] for r in m["rows"]] == [64, 128]
     for r in m["rows"]:
         est = estimate_step_memory(shape, r["seq_len"], setup)
         assert r["measured_gib"] is None  # CPU: no allocator peak to read
