@@ -160,7 +160,8 @@ def plot_packing_efficiency(analysis: Analysis, path: str, *, recommended: Optio
         axes[1, 1].errorbar(x + offsets[k], 100 * mean, yerr=[100 * (mean - lo), 100 * (hi - mean)], capsize=4,
                             color=style["color"], marker=style["marker"], linestyle="none")
     l1 = sorted((e for e in analysis.simulations if e["strategy"] == DEFAULT_STRATEGY and e["buffer_size"] is None
-                 and e.get("overlong", "drop") == "drop"), key=lambda e: e["global_max_length"])
+                 and e.get("overlong", "drop") == "drop" and e["l1_bound"]),  # 0: every sample overlong, no bound
+                key=lambda e: e["global_max_length"])
     if l1:
         axes[0, 0].plot([e["global_max_length"] for e in l1],
                         [100 * e["efficiency"] * e["num_packs"] / e["l1_bound"] for e in l1],
