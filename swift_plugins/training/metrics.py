@@ -9,9 +9,10 @@ One :class:`BatchRecorder` per trainer wraps ``trainer.compute_loss`` and
                            v
     evaluation_loop wrapper: eval_token_mean_loss = sum of token losses / label tokens over the eval set
 
-``eval_loss`` (ms-swift / transformers) is the mean over eval steps of each step's token mean:
-a step of one 20,000-token pack and a step of two 300-token samples weigh the same, so packed and
-padded evaluation of the same set disagree whenever loss correlates with length. The token mean
+``eval_loss`` (ms-swift / transformers) is a mean of each eval step's token mean, the step
+weighted by its rows (``evaluation_loop`` repeats the step's loss ``batch_size`` times): one
+20,000-token pack of 40 samples weighs 1, a padded step of two 300-token samples weighs 2, so
+packed and padded evaluation of the same set disagree whenever loss correlates with length. The token mean
 over the whole set does not depend on how the set is batched::
 
     eval_token_mean_loss = sum over eval label tokens of their loss / number of eval label tokens

@@ -1,4 +1,4 @@
-"""count_dataset on messages records and on a mixed LVIS + messages file: exact, cached, self-checking."""
+"""swift_plugins.lengths.dataset: count_dataset on messages records and on a mixed LVIS + messages file: exact, cached, self-checking."""
 from __future__ import annotations
 
 import dataclasses

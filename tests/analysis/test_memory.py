@@ -1,0 +1,117 @@
+"""swift_plugins.analysis.memory: parameter counts, the step estimate and its table, exactly, on hand-made shapes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from swift_plugins.analysis.memory import GIB, OVERHEAD_BYTES, MemorySetup, ModelShape, estimate_step_memory, \
+    memory_table, setup_dict
+
+# h 4, i 8, 2 layers, 2 heads of 2 (q 4 wide), 1 kv head (k / v 2 wide), vocab 10, 1,100 parameters
+SMALL = ModelShape(hidden=4, intermediate=8, layers=2, heads=2, kv_heads=1, head_dim=2, vocab=10, vision_params=100,
+                   llm_params=1000)
+TWO_31 = 2 * GIB  # the fixed overhead, 2,147,483,648 bytes
+
+
+def test_lora_params_count_every_linear_layer_of_the_language_model():
+    # (d_in, d_out): q (4, 4), k (4, 2), v (4, 2), o (4, 4), gate (4, 8), up (4, 8), down (8, 4)
+    # rank 2: 2 * (8 + 6 + 6 + 8 + 12 + 12 + 12) = 128 per layer, 2 layers -> 256
+    assert SMALL.lora_params(2) == 256
+    # DoRA adds the d_out magnitudes: 4 + 2 + 2 + 4 + 8 + 8 + 4 = 32 per layer -> 2 * (128 + 32) = 320
+    assert SMALL.lora_params(2, dora=True) == 320
+    assert SMALL.lora_params(1) == 128 and SMALL.total_params == 1100
+
+
+def test_lora_zero2_with_checkpointing_spelled_out():
+    parts = estimate_step_memory(SMALL, 8, MemorySetup(tuner="lora", lora_rank=2, zero_stage=2,
+                                                       gradient_checkpointing=True, world_size=4))
+    # weights      1,100 params * 2 B (bf16, whole under ZeRO-2)                 = 2,200
+    # gradients    256 LoRA params * 2 B / 4 ranks (ZeRO >= 2)                   =   128
+    # optimizer    256 * 12 B (fp32 master 4 + Adam 8) / 4 ranks (ZeRO >= 1)     =   768
+    # activations  2 layers * 8 tokens * 4 hidden * 2 B (one saved input each)   =   128
+    #              + one layer recomputed: 8 * (16 * 4 + 6 * 8) * 2 = 8 * 224    = 1,792   -> 1,920
+    # logits       8 tokens * 10 vocab * 10 B                                    =   800
+    # overhead     2 GiB                                                         = 2,147,483,648
+    assert parts == {"weights": 2200.0, "gradients": 128.0, "optimizer": 768.0, "activations": 1920.0,
+                     "logits": 800.0, "overhead": float(TWO_31), "total": float(TWO_31 + 5816)}
+    assert all(type(v) is float for v in parts.values())
+    assert list(parts) == ["weights", "gradients", "optimizer", "activations", "logits", "overhead", "total"]
+
+
+def test_full_zero3_without_checkpointing_spelled_out():
+    parts = estimate_step_memory(SMALL, 8, MemorySetup(tuner="full", zero_stage=3, gradient_checkpointing=False,
+                                                       world_size=4))
+    # weights 1,100 * 2 / 4 = 550 (ZeRO-3 shards them); every parameter trains: gradients 1,100 * 2 / 4 = 550,
+    # optimizer 1,100 * 12 / 4 = 3,300; activations, every layer kept: 2 * 8 * 224 = 3,584; logits 800
+    assert parts == {"weights": 550.0, "gradients": 550.0, "optimizer": 3300.0, "activations": 3584.0,
+                     "logits": 800.0, "overhead": float(TWO_31), "total": float(TWO_31 + 8784)}
+
+
+def test_dora_zero1_shards_only_the_optimizer_state():
+    parts = estimate_step_memory(SMALL, 8, MemorySetup(tuner="dora", lora_rank=2, zero_stage=1, world_size=2))
+    # 320 trainable: gradients 320 * 2 = 640 (whole under ZeRO-1), optimizer 320 * 12 / 2 = 1,920
+    assert (parts["weights"], parts["gradients"], parts["optimizer"]) == (2200.0, 640.0, 1920.0)
+    assert parts["total"] == float(TWO_31 + 2200 + 640 + 1920 + 1920 + 800)
+
+
+@pytest.mark.parametrize("world_size", [0, 1])
+def test_zero0_and_a_world_size_below_one_divide_nothing(world_size):
+    parts = estimate_step_memory(SMALL, 8, MemorySetup(lora_rank=2, zero_stage=3, world_size=world_size))
+    # ZeRO-3 on one rank (max(1, world_size)): nothing to shard
+    assert (parts["weights"], parts["gradients"], parts["optimizer"]) == (2200.0, 512.0, 3072.0)
+    zero0 = estimate_step_memory(SMALL, 8, MemorySetup(lora_rank=2, zero_stage=0, world_size=8))
+    assert (zero0["weights"], zero0["gradients"], zero0["optimizer"]) == (2200.0, 512.0, 3072.0)
+
+
+def test_memory_table_rounds_each_part_to_hundredths_of_a_gib():
+    # 2^29 parameters (1 GiB of bf16 weights), vocab 2^20: logits of 1,024 tokens = 2^10 * 2^20 * 10 B = 10 GiB
+    shape = ModelShape(hidden=1024, intermediate=4096, layers=3, heads=8, kv_heads=2, head_dim=128, vocab=2 ** 20,
+                       vision_params=36_870_912, llm_params=500_000_000)
+    setup = MemorySetup(tuner="full", zero_stage=0, gradient_checkpointing=False, world_size=1)
+    rows = memory_table(shape, (1024, np.int64(2048)), setup)
+    # gradients 2^29 * 2 B = 1 GiB, optimizer 2^29 * 12 B = 6 GiB; activations 3 * L * (16 * 1024 + 6 * 4096) * 2
+    # = 3 * 1,024 * 81,920 B = 0.234375 GiB at L 1,024 (0.46875 at 2,048); total 20.234375 / 30.46875 GiB
+    assert rows == [
+        {"seq_len": 1024, "weights_gib": 1.0, "gradients_gib": 1.0, "optimizer_gib": 6.0, "activations_gib": 0.23,
+         "logits_gib": 10.0, "overhead_gib": 2.0, "total_gib": 20.23},
+        {"seq_len": 2048, "weights_gib": 1.0, "gradients_gib": 1.0, "optimizer_gib": 6.0, "activations_gib": 0.47,
+         "logits_gib": 20.0, "overhead_gib": 2.0, "total_gib": 30.47},
+    ]
+    assert type(rows[1]["seq_len"]) is int and OVERHEAD_BYTES == 2 * 1024 ** 3
+    assert memory_table(shape, [], setup) == []
+
+
+def test_setup_dict_is_every_field():
+    assert setup_dict(MemorySetup()) == {"tuner": "lora", "lora_rank": 16, "zero_stage": 2,
+                                         "gradient_checkpointing": True, "world_size": 4}
+    custom = MemorySetup(tuner="full", lora_rank=8, zero_stage=3, gradient_checkpointing=False, world_size=2)
+    assert setup_dict(custom) == {"tuner": "full", "lora_rank": 8, "zero_stage": 3, "gradient_checkpointing": False,
+                                  "world_size": 2}
+    assert MemorySetup(**setup_dict(custom)) == custom
+
+
+def test_from_config_reads_a_qwen3_vl_config(tmp_path):
+    text = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "vocab_size": 32}
+    vision = {"hidden_size": 4, "intermediate_size": 8, "depth": 2, "out_hidden_size": 8}
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": text, "vision_config": vision,
+                                                      "tie_word_embeddings": False}))
+    shape = ModelShape.from_config(tmp_path)
+    # head_dim 8 // 2 = 4; per layer: q+k+v 8 * 4 * (2 + 2 * 1) = 128, o 2 * 4 * 8 = 64, mlp 3 * 8 * 16 = 384,
+    # norms 2 * 8 = 16 -> 592; llm 2 * 592 + embeddings and head 32 * 8 * 2 + final norm 8 = 1,704
+    # vision: 2 blocks * (4 * 4^2 + 2 * 4 * 8) = 256, + 4 * 4^2 = 64, + merger 4 * 8 * 4 = 128 -> 448
+    assert shape == ModelShape(hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, head_dim=4, vocab=32,
+                               vision_params=448, llm_params=1704)
+    assert shape.total_params == 2152
+
+
+def test_from_config_of_a_flat_text_config_with_tied_embeddings(tmp_path):
+    cfg = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "head_dim": 5, "vocab_size": 32, "tie_word_embeddings": True}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    shape = ModelShape.from_config(str(tmp_path))
+    # kv heads default to the heads (2); q+k+v 8 * 5 * 6 = 240, o 2 * 5 * 8 = 80, mlp 384, norms 16 -> 720;
+    # llm 720 + tied embeddings 32 * 8 + 8 = 984; no vision_config: 0
+    assert (shape.kv_heads, shape.head_dim, shape.llm_params, shape.vision_params) == (2, 5, 984, 0)
