@@ -14,8 +14,10 @@ GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 STAMP := $(VENV)/.swiftpack-installed-gpu$(GPU)
 PYTEST_ARGS ?=
 # Two pytest workers, one whole test file each at a time (--dist loadfile: a file's module-scoped
-# training runs are made once, on one worker), one thread per process (two workers x two OpenMP
-# threads on two cores spend their time spinning). PYTEST_WORKERS=0: one process, as plain pytest.
+# training runs are made once, on one worker), files handed out in collection order
+# (--no-loadscope-reorder: tests/conftest.py puts the ~2-minute end-to-end file first, so it does
+# not start last), one thread per process (two workers x two OpenMP threads on two cores spend
+# their time spinning). PYTEST_WORKERS=0: one process, as plain pytest.
 PYTEST_WORKERS ?= 2
 
 .PHONY: install demo test bench torchvision-revert clean-venv
@@ -39,7 +41,7 @@ demo: $(STAMP)
 	$(PY) scripts/run_demo.py
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 torchvision-revert:
 	$(PY) scripts/torchvision_cpu_guard.py revert
