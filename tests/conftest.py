@@ -87,6 +87,14 @@ def tiny_template(tiny_model_dir):
     return load_template(tiny_model_dir)
 
 
+@pytest.fixture(scope="session")
+def counter(tiny_template):
+    """The LengthCounter calibrated on ``tiny_template`` (pure counting after this)."""
+    from swift_plugins.training.calibration import counter_from_template
+
+    return counter_from_template(tiny_template)
+
+
 # --------------------------------------------------------------------------- one analysis of the sample
 ANALYSIS_LENGTHS = (4000, 8000, 12000, 16000)
 ANALYSIS_EFF, ANALYSIS_WORLD, ANALYSIS_EPOCHS = 8, 2, 2

@@ -12,16 +12,10 @@ from swift_plugins.analysis.counting import count_files, file_rows, split_files
 from swift_plugins.data import swift_row
 from swift_plugins.data.conversation import ConversationOptions
 from swift_plugins.lengths import count_dataset
-from swift_plugins.training.calibration import counter_from_template
 
 OPTIONS = ConversationOptions()
 OBJ = GOOD["objects"][0]  # every LVIS object identical: each adds the same answer tokens
 LONG_DESC = {**OBJ, "desc": "very long " * 60}  # too long alone for the split lengths below
-
-
-@pytest.fixture(scope="module")
-def counter(tiny_template):
-    return counter_from_template(tiny_template)
 
 
 @pytest.fixture(scope="module")

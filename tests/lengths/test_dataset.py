@@ -12,14 +12,8 @@ from conftest import GOOD, awkward_messages_records, msg, save_image, write_line
 from swift_plugins.data import RecordError, iter_records, record_kind, swift_row
 from swift_plugins.lengths import KIND_CODES, LengthCounter, count_dataset, messages_record_length
 from swift_plugins.lengths import dataset as dataset_mod
-from swift_plugins.training.calibration import counter_from_template
 
 ONE = {"messages": [msg("user", "<image>Hi"), msg("assistant", "Yes")], "images": ["img.png"]}
-
-
-@pytest.fixture(scope="module")
-def counter(tiny_template):
-    return counter_from_template(tiny_template)
 
 
 @pytest.fixture(scope="module")
