@@ -93,7 +93,7 @@ def split_files(counted: CountedFiles, counter: LengthCounter, options: Conversa
                 max_length: int) -> tuple[np.ndarray, int, int]:
     """(sample lengths, records split, records unsplittable) with ``packing_overlong: split`` at ``max_length``."""
     lengths, records_split, unsplittable = [], 0, 0
-    for f, (path, d) in enumerate(zip(counted.paths, counted.per_file)):
+    for path, d in zip(counted.paths, counted.per_file):
         split = split_overlong(path, counter, options, d.line, d.total_tokens, max_length, kinds=d.kind,
                                on_error="skip")
         lengths.append(split.lengths)
@@ -107,7 +107,7 @@ def file_rows(counted: CountedFiles) -> list[dict]:
     from swift_plugins.analysis.simulate import describe
 
     rows = []
-    for f, (path, d) in enumerate(zip(counted.paths, counted.per_file)):
+    for path, d in zip(counted.paths, counted.per_file):
         s = d.summary.to_dict()
         row = {"jsonl": path, "records_read": s["read"], "records_skipped": s["skipped"], "num_samples": len(d)}
         row.update({name: int((d.kind == code).sum()) for name, code in KIND_CODES.items()})

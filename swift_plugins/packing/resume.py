@@ -30,9 +30,10 @@ def saved_packing_state(checkpoint: str) -> dict:
         return json.load(f)
 
 
-def check_resume_world_size(checkpoint: str, world_size: int) -> None:
-    """Refuse a checkpoint trained with another world size (``UserError`` naming the launch that fits)."""
-    saved = saved_packing_state(checkpoint)
+def check_resume_world_size(checkpoint: str, world_size: int, saved: dict | None = None) -> None:
+    """Refuse a checkpoint trained with another world size (``UserError`` naming the launch that fits);
+    ``saved``: its state when already read."""
+    saved = saved_packing_state(checkpoint) if saved is None else saved
     if saved["world_size"] != world_size:
         raise UserError(f"{checkpoint}: {_KEY}: trained with world_size {saved['world_size']}, this run has "
                         f"{world_size}; the pack order depends on it (resume with torchrun "
@@ -43,8 +44,8 @@ def check_resume(checkpoint: str | None, state: dict) -> None:
     """Refuse to continue a checkpoint whose world size or plan differ from ``state`` (this run's)."""
     if not checkpoint:
         return
-    check_resume_world_size(checkpoint, state["world_size"])
     saved = saved_packing_state(checkpoint)
+    check_resume_world_size(checkpoint, state["world_size"], saved)
     if (saved["plan_sha256"], saved["seed"]) != (state["plan_sha256"], state["seed"]):
         raise UserError(f"{checkpoint}: {_KEY}: its packing plan differs from this run's (data, global_max_length or "
                         f"packing options changed; {saved['num_packs']} packs then, {state['num_packs']} now); resume "

@@ -73,6 +73,7 @@ class PackedDataset:
             raise ValueError(f"{sample_plan.plan.num_packs} packs do not fill whole steps of {self.world_size} "
                              "ranks; pass the plan through pack_count_multiple_of first")
         self._offsets = [line_offsets(path) for path in sample_plan.paths]
+        self._base_dirs = [os.path.dirname(os.path.abspath(path)) for path in sample_plan.paths]  # images resolve here
         self._answers: Optional[DetectionAnswerCounter] = None  # built on first split piece (rare)
         self.epoch = 0
         self.order = self.epoch_order(0)
@@ -115,7 +116,7 @@ class PackedDataset:
         f, line, part = int(self.sp.files[sample]), int(self.sp.lines[sample]), int(self.sp.parts[sample])
         path = self.sp.paths[f]
         record = parse_record(read_line(path, self._offsets[f], line), path=path, line=line)
-        base_dir = os.path.dirname(os.path.abspath(path))
+        base_dir = self._base_dirs[f]
         if int(self.sp.kinds[sample]) == KIND_CODES["messages"]:
             return messages_to_swift_row(record, base_dir=base_dir)
         opts = self.conversation.to_dict()
