@@ -22,10 +22,10 @@ __all__ = ["register_plugins"]
 def register_plugins(sidecar: Optional[str] = None) -> None:
     """Register everything this project adds to ms-swift and transformers; idempotent.
 
-    Template ``qwen3_vl_packing``, the bundled JSONL datasets, optimizer ``swiftpack_multimodal``,
-    callbacks ``swiftpack_*``, attention ``swiftpack_varlen``. With ``sidecar`` (the JSON
-    ``--export_flat`` writes) also that run's options: its datasets, save delay and the packing
-    hook of plain ``swift sft``.
+    Template ``qwen3_vl_packing``, optimizer ``swiftpack_multimodal``, callbacks ``swiftpack_*``,
+    attention ``swiftpack_varlen``. With ``sidecar`` (the JSON ``--export_flat`` writes) also that
+    run's options: its JSONL datasets, and the next ``swift sft`` run of this process routed through
+    our hooks (``swift_plugins.training.plain_swift``, undone when its training ends).
     """
     from swift_plugins.training import register_all
 

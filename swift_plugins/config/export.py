@@ -3,9 +3,10 @@
 Two ways a resolved config reaches ms-swift, with the same arguments::
 
     python -m swift_plugins.sft --config X         swift sft OUT.yaml   (after --export_flat OUT.yaml)
-      flat_swift_args(with_runtime_fields=True)       OUT.yaml = flat_swift_args(resolved)
-      -> argv with swiftpack_<option> fields          OUT.swiftpack.json = RuntimeOptions (sidecar)
-                                                      swiftpack_options_OUT.py: register_plugins(sidecar=...)
+      argv = flat_swift_args(resolved)                OUT.yaml = flat_swift_args(resolved)
+      options = runtime_options(resolved)             OUT.swiftpack.json = RuntimeOptions as JSON (sidecar)
+        handed to the pipeline as the object          swiftpack_options_OUT.py: register_plugins(sidecar=...)
+                                                      load_sidecar -> the same RuntimeOptions (tested)
 """
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ from swift_plugins.config.schema import OURS, SCHEMA_LEAVES, SWIFT
 from swift_plugins.data.conversation import ConversationOptions
 from swift_plugins.errors import UserError
 from swift_plugins.files import atomic_write_text
-from swift_plugins.names import (CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, CALLBACK_SAVE_DELAY, FIELD_PREFIX,
-                                 OPTIMIZER_NAME, PACKING_TEMPLATE)
+from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, OPTIMIZER_NAME, PACKING_TEMPLATE
 
 __all__ = ["SIDECAR_FORMAT", "ExportedFiles", "RuntimeOptions", "export_flat", "flat_swift_args", "load_sidecar",
            "runtime_options", "swift_argv"]
@@ -38,8 +38,8 @@ def _runtime_fields() -> List[Tuple[str, Any, Any, str]]:
     return out
 
 
-# Our keys as one flat, frozen dataclass: what the entry point's args carry as swiftpack_<name>
-# fields and what a sidecar JSON holds. Generated from the schema (one source of truth), help included.
+# Our keys as one flat, frozen dataclass: what the entry point hands its pipeline and what a
+# sidecar JSON holds. Generated from the schema (one source of truth), help included.
 RuntimeOptions = dataclasses.make_dataclass(
     "RuntimeOptions", [(name, tp, field(default=default, metadata={"help": help_text}))
                        for name, tp, default, help_text in _runtime_fields()],
@@ -83,12 +83,12 @@ def load_sidecar(path: str) -> Tuple[Any, int]:
     return RuntimeOptions(**data["options"]), int(data["world_size"])
 
 
-def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = False) -> Dict[str, Any]:
+def flat_swift_args(resolved: ResolvedConfig) -> Dict[str, Any]:
     """ms-swift arguments (name -> YAML value) for ``swift sft``; None values are left out.
 
     Always explicit: ``tuner_type``, ``check_model``, ``gradient_accumulation_steps``. Our keys are
-    not here (ms-swift rejects unknown arguments) unless ``with_runtime_fields`` (entry point args:
-    ``swiftpack_<name>`` fields of :class:`swift_plugins.training.pipeline.SwiftpackSftArguments`).
+    not here (ms-swift rejects unknown arguments): the entry point hands them to its pipeline as a
+    :class:`RuntimeOptions`, a flat export writes them to the sidecar.
     """
     cfg = resolved.config
     out: Dict[str, Any] = {}
@@ -115,8 +115,6 @@ def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = Fal
         out["val_dataset"] = list(cfg.custom.val_jsonl)
     options = runtime_options(resolved)
     callbacks = []
-    if options.save_delay_steps > 0:
-        callbacks.append(CALLBACK_SAVE_DELAY)
     if options.log_data_order:
         callbacks.append(CALLBACK_DATA_ORDER)
     if cfg.custom.val_jsonl is not None:
@@ -125,11 +123,6 @@ def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = Fal
         out["callbacks"] = callbacks
     for name, value in cfg.swift.items():
         out[name] = value
-    if with_runtime_fields:
-        for f in dataclasses.fields(options):
-            value = getattr(options, f.name)
-            if value is not None:
-                out[FIELD_PREFIX + f.name] = value
     return out
 
 

@@ -3,7 +3,7 @@
 Sections are frozen dataclasses; each field's metadata says where its value goes::
 
     _key(..., swift="learning_rate")   an ms-swift argument (--learning_rate)
-    _key(..., ours="packing")          one of our runtime options (ms-swift argument field swiftpack_packing)
+    _key(..., ours="packing")          one of our runtime options (RuntimeOptions.packing)
     _key(..., config_only=True)        used while resolving only (effective_batch_size)
 
 ``SCHEMA_LEAVES`` walks the sections once; resolution, the CLI, rendering, export and the
@@ -30,7 +30,7 @@ __all__ = ["ATTN_IMPLS", "CONFIG", "Config", "Leaf", "NODE_TYPES", "OURS", "PRES
 ATTN_IMPLS = ("sdpa", "eager", VARLEN_ATTENTION, "flash_attn", "flash_attention_2", "flash_attention_3")
 
 # Where a value goes. SWIFT: an ms-swift argument (metadata "swift" names it). OURS: a runtime
-# option (metadata "ours" names it; an args field ``swiftpack_<name>`` / a sidecar entry).
+# option (metadata "ours" names it: a RuntimeOptions field / a sidecar entry).
 # CONFIG: used only while resolving (effective_batch_size -> gradient_accumulation_steps).
 SWIFT, OURS, CONFIG = "swift", "ours", "config"
 

@@ -264,8 +264,10 @@ def test_padded_run_trains_saves_and_groups_the_optimizer(padded, data):
     args = json.loads((out / "args.json").read_text())
     assert (args["optimizer"], args["tuner_type"], args["use_dora"], args["gradient_accumulation_steps"]) == (
         "swiftpack_multimodal", "lora", True, 2)
-    assert (args["swiftpack_train_jsonl"], args["swiftpack_object_ordering"], args["packing"]) == (
-        train_files(data), "sorted", False)
+    options = json.loads((out / "swiftpack_options.json").read_text())  # our options, handed over typed
+    assert (options["train_jsonl"], options["object_ordering"], options["packing"], args["packing"]) == (
+        train_files(data), "sorted", False, False)
+    assert not [k for k in args if k.startswith("swiftpack_")]  # none of ours went through ms-swift's argv
     assert args["dataset"] == train_files(data) and args["attn_impl"] == "sdpa"  # padding: as configured
     assert "swiftpack multimodal optimizer groups: llm/decay:" in log
 
