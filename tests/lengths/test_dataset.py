@@ -69,6 +69,18 @@ def test_record_format_is_part_of_the_cache_key(counter, mixed, tmp_path):
     assert again.kind.dtype == np.int8 and again.num_images.tolist() == only_messages.num_images.tolist()
 
 
+def test_the_model_family_is_part_of_the_cache_key(counter, mixed):
+    """Two families can share tokenizer, image rule and chat layout (Qwen3-VL and its MoE): still two entries."""
+    from swift_plugins.lengths.counter import LengthCounter
+
+    assert counter.family == "qwen3_vl" and counter.state()["family"] == "qwen3_vl"
+    moe = LengthCounter.from_state({**counter.state(), "family": "qwen3_vl_moe"})
+    assert (moe.rule, moe.chat, moe.family) == (counter.rule, counter.chat, "qwen3_vl_moe")
+    keys = {c.family: dataset_mod.cache_key(str(mixed), c, {}, on_error="skip", check_images=True, max_records=0,
+                                            prompt_frame=1) for c in (counter, moe)}
+    assert len(set(keys.values())) == 2
+
+
 def test_a_changed_image_invalidates_the_cache(counter, tmp_path):
     save_image(tmp_path / "img.png", (64, 64))
     path = write_lines(tmp_path, [ONE])
