@@ -1,6 +1,6 @@
 """Training inside ms-swift: the one package that imports torch, transformers and ms-swift.
 
-    template.py        qwen3_vl_packing: packed rows with 4-row positions, no KV cache (isolation)
+    template.py        <family>_packing: packed rows with 4-row positions, no KV cache (isolation)
     attention.py       swiftpack_varlen: attention per packed sample, no L x L mask
     datasets.py        --dataset PATH.jsonl read by our validator and to_swift_row
     packed_dataset.py  the plan as a dataset: lazy per-pack encoding in the dealt order
