@@ -82,9 +82,10 @@ def validate_record(record: Any, *, path: str = "<record>", line: int = 0, base_
 
     The kind comes from :func:`record_kind` (``record_format`` defaults to ``"lvis"``, as before
     messages records existed). ``base_dir`` resolves relative image paths (default: the folder of
-    ``path``). With ``check_images`` every image header is read with PIL (no pixel decoding): an
-    LVIS image's size must equal width/height, a messages image must be readable; without it the
-    disk is never touched (the synthetic set has no image files).
+    ``path``). With ``check_images`` every image is read with PIL, its header and its pixel data
+    once (a corrupt file is ``image_undecodable``): an LVIS image's size must equal width/height,
+    a messages image must be readable; without it the disk is never touched (the synthetic set has
+    no image files).
     """
     kind = record_kind(record, record_format, path=path, line=line)
     base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
@@ -92,7 +93,7 @@ def validate_record(record: Any, *, path: str = "<record>", line: int = 0, base_
         if kind == "lvis":
             _validate(record, base, check_images)
         else:
-            check_messages_record(record, base, read_images=check_images)
+            check_messages_record(record, base, read_images=check_images, decode=check_images)
     except Problem as p:
         raise RecordError(path, line, p.field, p.message, p.kind) from None
     return record
@@ -258,7 +259,7 @@ def _check_range(values: list, field_: str, w: int, h: int) -> None:
 
 
 def _validate_image(image: str, base_dir: str, w: int, h: int) -> None:
-    iw, ih = image_header_size(image, base_dir, "images[0]")
+    iw, ih = image_header_size(image, base_dir, "images[0]", decode=True)
     if (iw, ih) != (w, h):
         raise Problem("image_size_mismatch", "images[0]", f"the image is {iw}x{ih} but the record says "
                        f"width={w}, height={h}", "set width/height to the stored image's size")

@@ -8,8 +8,10 @@ One pass over the file (read in chunks of raw lines, in order), each record by i
     messages: raw line --parse+validate, image headers--> record --chat layout--> tokenizer --> text tokens
                                                           \\--header sizes--> ImageTokenRule --> image tokens
 
-A messages record's image sizes come from its image headers (PIL, no pixels decoded), so they are
-read even with ``check_images=False`` (which then only spares the LVIS records the disk).
+A messages record's image sizes come from its image headers (PIL), so they are read even with
+``check_images=False`` (which then only spares the LVIS records the disk); with ``check_images``
+every image's pixel data is also decoded once (a corrupt image is a bad record, kind
+``image_undecodable``, here and not an ``OSError`` in training).
 
 Chunks go to ``num_workers`` processes and come back in file order, so the result (and every
 packing plan made from it) is the same for any worker count. Bad records follow the validator's
@@ -18,8 +20,9 @@ policy: ``raise`` stops at the first one in file order, ``skip`` lists each in t
 Cache: the arrays are stored under ``cache_dir/<key>.npz`` where ``key`` hashes the data file's
 bytes, the tokenizer, the conversation options, the image rule, the template frames and chat
 layout, the read policy and record format and the source of the counting code; any change gives a
-new key, so a stale cache is never read. The images of messages records are outside the file:
-the entry stores each one's (path, size, mtime) and is used only while all still match. A rerun
+new key, so a stale cache is never read. The images are outside the file: the entry stores
+(path, size, mtime) of each messages record's image (and, with ``check_images``, of each LVIS
+record's image) and is used only while all still match. A rerun
 with unchanged inputs only hashes the file (and stats those images) and loads the arrays.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ import json
 import multiprocessing as mp
 import os
 import pathlib
+import signal
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -81,7 +85,13 @@ _WORKER: dict = {}
 
 
 def _init_worker(state: dict, counter: Optional[LengthCounter] = None) -> None:
-    """Worker globals; in-process (``counter`` given) the caller's counter is reused, not re-parsed."""
+    """Worker globals; in-process (``counter`` given) the caller's counter is reused, not re-parsed.
+
+    A pool worker ignores SIGINT: Ctrl-C reaches the whole process group, and the parent alone
+    ends the run (one line, exit 130) and terminates the pool, instead of one traceback per worker.
+    """
+    if counter is None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER["counter"] = counter if counter is not None else LengthCounter.from_state(state["counter"])
     _WORKER["options"] = state["options"]
     _WORKER["path"] = state["path"]
@@ -109,7 +119,8 @@ def _count_chunk(chunk: tuple[int, list[bytes]]) -> list[tuple]:
             record = parse_record(raw, path=path, line=line_no)
             kind = record_kind(record, _WORKER["record_format"], path=path, line=line_no)
             if kind == "messages":
-                sizes = messages_image_sizes(record, path=path, line=line_no, base_dir=base_dir)
+                sizes = messages_image_sizes(record, path=path, line=line_no, base_dir=base_dir,
+                                             decode=_WORKER["check_images"])
                 _check_resize(counter, sizes, path, line_no)
                 pending.append((len(out), line_no, record, sizes))
                 out.append(None)
@@ -155,7 +166,8 @@ def _lvis_result(record: dict, line_no: int) -> tuple:
         if (full.text_tokens, full.image_tokens) != (text_tokens, image_tokens):
             raise RuntimeError(f"{path}:{line_no}: fast length {text_tokens}+{image_tokens} != tokenizer "
                                f"{full.text_tokens}+{full.image_tokens}; please report this record")
-    return ("ok", line_no, text_tokens, image_tokens, len(record["objects"]), KIND_CODES["lvis"], 1, ())
+    stamped = tuple(image_paths(record, base_dir)) if _WORKER["check_images"] else ()  # decoded: re-check on change
+    return ("ok", line_no, text_tokens, image_tokens, len(record["objects"]), KIND_CODES["lvis"], 1, stamped)
 
 
 def record_text_tokens(record: dict, answers: DetectionAnswerCounter, frame: int, emit_norm: str) -> int:
