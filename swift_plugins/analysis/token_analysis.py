@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--check_images", type=parse_bool, default=True,
                    help="validate that each image file exists, its header size matches width/height and its "
                         "pixel data decodes (false for width/height-only sets)")
+    g.add_argument("--check_image_data", type=parse_bool, default=True,
+                   help="with --check_images: decode each image's pixel data once, so a corrupt file is a bad "
+                        "record now and not an OSError in training (false: headers only, faster counting; "
+                        "docs/benchmarks.md)")
     g.add_argument("--num_workers", type=int, default=1,
                    help="processes counting lengths (results identical for any value)")
     g.add_argument("--cache_dir", default=".cache/swiftpack",
@@ -198,6 +202,7 @@ class AnalysisOptions:
     max_samples: int
     on_error: str
     check_images: bool
+    check_image_data: bool
     num_workers: int
     cache_dir: Optional[str]
     clear_cache: bool
@@ -318,7 +323,8 @@ def _analyse(args: AnalysisOptions, stage: str, context: Optional[int]) -> dict:
     progress = _Progress(args.train_jsonl, args.max_samples)
     try:
         lengths = count_files(args.train_jsonl, counter, options, progress=progress, on_error=args.on_error,
-                              check_images=args.check_images, max_records=args.max_samples,
+                              check_images=args.check_images, check_image_data=args.check_image_data,
+                              max_records=args.max_samples,
                               num_workers=args.num_workers, cache_dir=args.cache_dir or None,
                               clear_cache=args.clear_cache, record_format=args.record_format)
     finally:

@@ -11,7 +11,8 @@ One pass over the file (read in chunks of raw lines, in order), each record by i
 A messages record's image sizes come from its image headers (PIL), so they are read even with
 ``check_images=False`` (which then only spares the LVIS records the disk); with ``check_images``
 every image's pixel data is also decoded once (a corrupt image is a bad record, kind
-``image_undecodable``, here and not an ``OSError`` in training).
+``image_undecodable``, here and not an ``OSError`` in training; ``check_image_data=False`` reads
+headers only: the decode is most of the counting time, ``docs/benchmarks.md``).
 
 Chunks go to ``num_workers`` processes and come back in file order, so the result (and every
 packing plan made from it) is the same for any worker count. Bad records follow the validator's
@@ -21,8 +22,8 @@ Cache: the arrays are stored under ``cache_dir/<key>.npz`` where ``key`` hashes 
 bytes, the tokenizer, the conversation options, the image rule, the template frames and chat
 layout, the read policy and record format and the source of the counting code; any change gives a
 new key, so a stale cache is never read. The images are outside the file: the entry stores
-(path, size, mtime) of each messages record's image (and, with ``check_images``, of each LVIS
-record's image) and is used only while all still match. A rerun
+(path, size, mtime) of each messages record's image (and, when their pixel data was checked, of
+each LVIS record's image) and is used only while all still match. A rerun
 with unchanged inputs only hashes the file (and stats those images) and loads the arrays.
 """
 from __future__ import annotations
@@ -97,6 +98,7 @@ def _init_worker(state: dict, counter: Optional[LengthCounter] = None) -> None:
     _WORKER["path"] = state["path"]
     _WORKER["base_dir"] = state["base_dir"]
     _WORKER["check_images"] = state["check_images"]
+    _WORKER["decode"] = state["check_images"] and state["check_image_data"]
     _WORKER["frame"] = state["frame"]
     _WORKER["record_format"] = state["record_format"]
     _WORKER["answers"] = DetectionAnswerCounter(_WORKER["counter"].text_tokens)
@@ -120,7 +122,7 @@ def _count_chunk(chunk: tuple[int, list[bytes]]) -> list[tuple]:
             kind = record_kind(record, _WORKER["record_format"], path=path, line=line_no)
             if kind == "messages":
                 sizes = messages_image_sizes(record, path=path, line=line_no, base_dir=base_dir,
-                                             decode=_WORKER["check_images"])
+                                             decode=_WORKER["decode"])
                 _check_resize(counter, sizes, path, line_no)
                 pending.append((len(out), line_no, record, sizes))
                 out.append(None)
@@ -153,6 +155,7 @@ def _lvis_result(record: dict, line_no: int) -> tuple:
     counter: LengthCounter = _WORKER["counter"]
     path, base_dir, options, frame = _WORKER["path"], _WORKER["base_dir"], _WORKER["options"], _WORKER["frame"]
     validate_record(record, path=path, line=line_no, base_dir=base_dir, check_images=_WORKER["check_images"],
+                    check_image_data=_WORKER["decode"],
                     record_format="lvis")
     w, h = record["width"], record["height"]
     try:
@@ -166,7 +169,7 @@ def _lvis_result(record: dict, line_no: int) -> tuple:
         if (full.text_tokens, full.image_tokens) != (text_tokens, image_tokens):
             raise RuntimeError(f"{path}:{line_no}: fast length {text_tokens}+{image_tokens} != tokenizer "
                                f"{full.text_tokens}+{full.image_tokens}; please report this record")
-    stamped = tuple(image_paths(record, base_dir)) if _WORKER["check_images"] else ()  # decoded: re-check on change
+    stamped = tuple(image_paths(record, base_dir)) if _WORKER["decode"] else ()  # decoded: re-check on change
     return ("ok", line_no, text_tokens, image_tokens, len(record["objects"]), KIND_CODES["lvis"], 1, stamped)
 
 
@@ -222,7 +225,8 @@ def code_digest() -> str:
 
 
 def cache_key(path: str, counter: LengthCounter, options: dict, *, on_error: str, check_images: bool,
-              max_records: int, prompt_frame: Optional[int], record_format: str = "auto") -> str:
+              max_records: int, prompt_frame: Optional[int], record_format: str = "auto",
+              check_image_data: bool = True) -> str:
     state = counter.state()
     parts = {
         "format": CACHE_FORMAT,
@@ -236,6 +240,7 @@ def cache_key(path: str, counter: LengthCounter, options: dict, *, on_error: str
         "options": options,
         "on_error": on_error,
         "check_images": check_images,
+        "check_image_data": check_images and check_image_data,
         "max_records": max_records,
         "record_format": record_format,
         "code": code_digest(),
@@ -246,7 +251,8 @@ def cache_key(path: str, counter: LengthCounter, options: dict, *, on_error: str
 def count_dataset(path, counter: LengthCounter, options: ConversationOptions | dict | None = None, *,
                   on_error: str = "raise", report_path=None, check_images: bool = True, max_records: int = 0,
                   num_workers: int = 1, cache_dir=None, clear_cache: bool = False,
-                  progress: Optional[Callable[[int], None]] = None, record_format: str = "auto") -> DatasetLengths:
+                  progress: Optional[Callable[[int], None]] = None, record_format: str = "auto",
+                  check_image_data: bool = True) -> DatasetLengths:
     """Exact lengths of every valid record of ``path`` (see module docstring).
 
     ``record_format``: auto (each record by its keys), lvis or messages. ``options`` (the
@@ -274,7 +280,8 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
     cache_file = None
     if cache_dir is not None:
         key = cache_key(path, counter, opts_dict, on_error=on_error, check_images=check_images,
-                        max_records=max_records, prompt_frame=frame, record_format=record_format)
+                        max_records=max_records, prompt_frame=frame, record_format=record_format,
+                        check_image_data=check_image_data)
         cache_file = pathlib.Path(cache_dir) / f"lengths-{key}.npz"
         if clear_cache and cache_file.exists():
             cache_file.unlink()
@@ -288,7 +295,8 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
 
     base_dir = os.path.dirname(os.path.abspath(path))
     state = {"counter": counter.state() if num_workers > 1 else None, "options": opts_dict, "path": path,
-             "base_dir": base_dir, "check_images": check_images, "frame": frame, "record_format": record_format}
+             "base_dir": base_dir, "check_images": check_images, "check_image_data": check_image_data, "frame": frame,
+             "record_format": record_format}
     summary = ReadSummary(path=path, report_path=None if report_path is None else str(report_path))
     cols: dict = {k: [] for k in ("line", "text_tokens", "image_tokens", "num_objects", "kind", "num_images")}
     skipped, images = [], {}
