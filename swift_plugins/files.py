@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 
 __all__ = ["atomic_dir", "atomic_open", "atomic_write_bytes", "atomic_write_text", "file_digest", "line_offsets",
-           "probe_writable", "read_line", "staged_files"]
+           "probe_writable", "read_line", "scratch_file", "staged_files"]
 
 
 @contextlib.contextmanager
@@ -91,6 +91,18 @@ def staged_files(folder, prefix: str = ".staging-"):
             os.replace(os.path.join(stage, name), os.path.join(folder, name))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_file(data: bytes):
+    """A private temporary file holding ``data`` for the block (its path yielded), removed after."""
+    fd, path = tempfile.mkstemp(prefix="swiftpack-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield path
+    finally:
+        os.unlink(path)
 
 
 def probe_writable(folder) -> None:

@@ -1,4 +1,6 @@
 """swift_plugins.files: atomic writes, digests, line offsets."""
+import os
+
 import pytest
 
 from swift_plugins.files import line_offsets, read_line
@@ -34,3 +36,11 @@ def test_probe_writable_makes_the_folder_and_leaves_nothing(tmp_path):
     assert list((tmp_path / "a" / "b").iterdir()) == []
     with pytest.raises(OSError):
         probe_writable("/sys/swiftpack-edge-check")
+
+
+def test_scratch_file_holds_the_bytes_for_the_block_only():
+    from swift_plugins.files import scratch_file
+
+    with scratch_file(b"state") as path:
+        assert open(path, "rb").read() == b"state" and oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert not os.path.exists(path)

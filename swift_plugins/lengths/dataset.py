@@ -28,12 +28,15 @@ with unchanged inputs only hashes the file (and stats those images) and loads th
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import pathlib
+import pickle
 import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -45,7 +48,7 @@ from swift_plugins.data.messages import image_paths, messages_image_sizes
 from swift_plugins.data.reader import ReadSummary, SkippedRecord, skipped_record, write_skip_report
 from swift_plugins.data.records import (ON_ERROR_CHOICES, RECORD_FORMATS, RecordError, parse_record, record_kind,
                                         validate_record)
-from swift_plugins.files import atomic_open, file_digest
+from swift_plugins.files import atomic_open, file_digest, scratch_file
 from swift_plugins.lengths import chat as chat_mod
 from swift_plugins.lengths import counter as counter_mod
 from swift_plugins.lengths import image_rule
@@ -331,8 +334,7 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
             if progress:
                 progress(done)
     else:
-        ctx = mp.get_context("spawn")  # no forked tokenizer thread pools; same result as in-process
-        with ctx.Pool(num_workers, initializer=_init_worker, initargs=(state,)) as pool:
+        with _worker_pool(num_workers, state) as pool:
             for chunk_result in pool.imap(_count_chunk, chunks, chunksize=1):
                 consume(chunk_result)
                 done += len(chunk_result)
@@ -348,6 +350,33 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
     if cache_file is not None:
         _save_cache(cache_file, result, _image_stamps(sorted(images)))
     return result
+
+
+@contextlib.contextmanager
+def _worker_pool(num_workers: int, state: dict):
+    """A spawn pool whose workers ignore SIGINT from their first instruction on.
+
+    Ctrl-C reaches the whole process group; a worker still importing would print one traceback
+    each. SIG_IGN survives exec, so the parent ignores SIGINT while it starts them and then
+    restores its handler. The workers' large state (the tokenizer) reaches them through a scratch
+    file, not the start-up pipe, so starting them takes milliseconds, not their imports.
+    """
+    ctx = mp.get_context("spawn")  # no forked tokenizer thread pools; same result as in-process
+    with scratch_file(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)) as path:
+        main = threading.current_thread() is threading.main_thread()  # signal handlers belong to it
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            pool = ctx.Pool(num_workers, initializer=_init_worker_from_file, initargs=(path,))
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        with pool:
+            yield pool
+
+
+def _init_worker_from_file(path: str) -> None:
+    with open(path, "rb") as f:
+        _init_worker(pickle.load(f))
 
 
 def _image_stamps(paths) -> list:
