@@ -38,7 +38,7 @@ from swift_plugins.analysis.outputs import (Analysis, TrainingSetup, ceil_steps,
 from swift_plugins.analysis.folder import record_derived
 from swift_plugins.checks import model_dir_problem, number_problem, raise_problems, writable_dir_problem
 from swift_plugins.errors import ArgumentParser, run_main
-from swift_plugins.files import atomic_write_text
+from swift_plugins.files import atomic_write_text, staged_files
 
 __all__ = ["MEMORY_COLUMNS", "build_parser", "comparison_rows", "comparison_table_md", "main", "memory_estimates",
            "memory_estimates_md", "summary_md", "write_report"]
@@ -399,14 +399,16 @@ def write_report(input_dir: str, output_dir: Optional[str] = None, *, config: Op
     memory_text = memory_estimates_md(analysis, setup, est, command=command)
     summary = summary_md(analysis, setup, figures_rel=os.path.relpath(output_dir, input_dir), est=est,
                          command=command)
-    log(f"[2/6] {paths['token_distribution.png']}")
-    plot_token_distribution(analysis, paths["token_distribution.png"], recommended=rec_len)
-    log(f"[3/6] {paths['packing_efficiency.png']}")
-    plot_packing_efficiency(analysis, paths["packing_efficiency.png"], recommended=rec_len)
-    log(f"[4/6] {paths['comparison_table.md']}")
-    atomic_write_text(paths["comparison_table.md"], comparison)
-    log(f"[5/6] {paths['memory_estimates.md']}")
-    atomic_write_text(paths["memory_estimates.md"], memory_text)
+    with staged_files(output_dir, ".figures-staging-") as stage:  # the four arrive together (or none, on Ctrl-C)
+        staged = {name: os.path.join(stage, name) for name in paths if name != "FULL_RESULTS_SUMMARY.md"}
+        log(f"[2/6] {paths['token_distribution.png']}")
+        plot_token_distribution(analysis, staged["token_distribution.png"], recommended=rec_len)
+        log(f"[3/6] {paths['packing_efficiency.png']}")
+        plot_packing_efficiency(analysis, staged["packing_efficiency.png"], recommended=rec_len)
+        log(f"[4/6] {paths['comparison_table.md']}")
+        atomic_write_text(staged["comparison_table.md"], comparison)
+        log(f"[5/6] {paths['memory_estimates.md']}")
+        atomic_write_text(staged["memory_estimates.md"], memory_text)
     log(f"[6/6] {paths['FULL_RESULTS_SUMMARY.md']}")
     atomic_write_text(paths["FULL_RESULTS_SUMMARY.md"], summary)
     record_derived(input_dir, paths.values())  # a re-analysis of input_dir removes them with it
