@@ -6,6 +6,7 @@
     .venv/bin/python bench/bench_token_analysis.py --skip_analysis --compare_records 2000 --profile_ours
     .venv/bin/python bench/bench_token_analysis.py --model_path M --synthetic_dir D --repeat 3
     .venv/bin/python bench/bench_token_analysis.py --skip_analysis --skip_compare       # D only (3,000 records)
+    .venv/bin/python bench/bench_token_analysis.py --skip_analysis --skip_compare --skip_messages   # E only
 
 Parts (each timed ``--repeat`` times, best reported):
   A  cold analysis   ``scripts/analyze_token_lengths.py`` on the 99,388-record synthetic LVIS-like
@@ -34,6 +35,13 @@ Parts (each timed ``--repeat`` times, best reported):
                      thread) against ours: ``counter_from_template`` (incl. the chat-layout
                      calibration) + ``count_dataset(record_format="messages")`` with an empty
                      cache (image headers read). Counts equal record by record. Target: >= 20x.
+
+  E  image check     what ``check_images`` costs since it also decodes every image's pixel data
+                     once (a corrupt image is a bad record, not an OSError in training): ours,
+                     in-process, empty cache, on C's records and on D's, three ways: pixel data
+                     decoded (the default), headers only (``check_image_data=False``: the check as
+                     it was before), ``check_images false`` (LVIS images untouched; messages
+                     headers are still read for their sizes). Counts must be equal.
 
 Memory of a subprocess: "tree RSS" is the peak over time of the summed RSS of the process and
 all its descendants (psutil, polled every 20 ms; shared pages count once per process, so it
@@ -323,6 +331,43 @@ def compare_with_swift(args, model: str) -> dict:
     return result
 
 
+# ------------------------------------------------------------------------------ part E
+def image_check_cost(args, model: str) -> list[str]:
+    """Part E: count_dataset with the pixel-data check, headers only, and check_images false (see docstring)."""
+    from swift_plugins.data import ConversationOptions
+    from swift_plugins.lengths import count_dataset, image_rule
+    from swift_plugins.training.calibration import load_counter
+
+    counter = load_counter(model, user_texts=("<image>" + ConversationOptions().resolved_prompt,),
+                           cache_dir=os.path.join(args.work_dir, "cache"))
+    sets = [("C: LVIS records, JPEG", cycled_sample(args.work_dir, args.compare_records)),
+            ("D: messages rows, JPEG + PNG", cycled_sample(args.work_dir, args.messages_records, MESSAGES_SAMPLE_DIR,
+                                                           ("train", "val"), "messages"))]
+    ways = {"pixel data decoded (default)": dict(check_images=True, check_image_data=True),
+            "headers only (--check_image_data false)": dict(check_images=True, check_image_data=False),
+            "--check_images false": dict(check_images=False)}
+    lines = ["", f"E: the image check's cost (ours in-process, empty cache, best of {args.repeat})", "",
+             "| records | check | seconds | x headers only |", "|---|---|---:|---:|"]
+    for label, path in sets:
+        times, counts = {}, []
+        for rep in range(args.repeat):
+            for way, kw in ways.items():
+                image_rule._resized_size.cache_clear()
+                with tempfile.TemporaryDirectory(dir=args.work_dir) as cache:
+                    t0 = time.perf_counter()
+                    res = count_dataset(path, counter, cache_dir=cache, **kw)
+                    times[way] = min(times.get(way, 1e9), time.perf_counter() - t0)
+                counts.append(res.total_tokens.tolist())
+        if any(c != counts[0] for c in counts):
+            raise SystemExit(f"E: counts differ between the checks on {path}")
+        base = times["headers only (--check_image_data false)"]
+        lines += [f"| {label}, {len(counts[0]):,} | {way} | {times[way]:.3f} | {times[way] / base:.2f} |"
+                  for way in ways]
+        print(f"  {label}: " + ", ".join(f"{w} {t:.3f}s" for w, t in times.items()) + f" [load {load_avg()}]",
+              flush=True)
+    return lines
+
+
 # ------------------------------------------------------------------------------ part D
 def compare_messages_with_swift(args, model: str) -> dict:
     """Part D: the messages sample cycled to ``--messages_records``; ms-swift per row vs ours."""
@@ -508,6 +553,7 @@ def main(argv=None) -> int:
     ap.add_argument("--messages_records", type=int, default=3000,
                     help="records for part D (the bundled messages sample's 50 rows cycled)")
     ap.add_argument("--skip_messages", action="store_true", help="skip part D (messages records vs ms-swift)")
+    ap.add_argument("--skip_image_check", action="store_true", help="skip part E (the image check's cost)")
     ap.add_argument("--swift_map", action="store_true",
                     help="also time ms-swift's full AddLengthPreprocessor datasets.map path once")
     ap.add_argument("--profile", action="store_true",
@@ -538,10 +584,14 @@ def main(argv=None) -> int:
         print(f"D: ms-swift AddLengthPreprocessor vs ours on {args.messages_records} messages records with real "
               f"images, {args.repeat} repeats")
         msg_cmp = compare_messages_with_swift(args, model)
+    image_check = []
+    if not args.skip_image_check:
+        print(f"E: the image check's cost, {args.repeat} repeats")
+        image_check = image_check_cost(args, model)
     if args.profile:
         run_profile(args, model, jsonl)
     print()
-    print("\n".join(report(args, runs, cmp, msg_cmp)))
+    print("\n".join(report(args, runs, cmp, msg_cmp) + image_check))
     print(f"\nbench total {time.perf_counter() - t_all:.0f}s; load avg at end {load_avg()}")
     return 0
 

@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 
 __all__ = ["atomic_dir", "atomic_open", "atomic_write_bytes", "atomic_write_text", "file_digest", "line_offsets",
-           "read_line"]
+           "probe_writable", "read_line", "scratch_file", "staged_files"]
 
 
 @contextlib.contextmanager
@@ -75,6 +75,42 @@ def atomic_dir(path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def staged_files(folder, prefix: str = ".staging-"):
+    """A staging folder inside ``folder``; when the block ends without error every file written there
+    moves into ``folder`` (``os.replace`` each, same file system), else the staging folder is removed.
+    Used where ``folder`` holds other files too (an analysis folder with a README), so
+    :func:`atomic_dir` cannot replace it whole."""
+    os.makedirs(folder, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=prefix, dir=folder)
+    try:
+        yield stage
+        for name in sorted(os.listdir(stage)):
+            os.replace(os.path.join(stage, name), os.path.join(folder, name))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_file(data: bytes):
+    """A private temporary file holding ``data`` for the block (its path yielded), removed after."""
+    fd, path = tempfile.mkstemp(prefix="swiftpack-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield path
+    finally:
+        os.unlink(path)
+
+
+def probe_writable(folder) -> None:
+    """Make ``folder`` and write + remove a probe file in it; an ``OSError`` says why it cannot be written."""
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def file_digest(path) -> str:

@@ -23,6 +23,7 @@ from typing import List, Mapping, Optional, Sequence
 
 from swift_plugins.config import (CLI_FLAGS, ConfigError, Issue, ResolvedConfig, export_flat, missing_paths,
                                   parse_cli, render_config, resolve_config, resolve_world_size, world_size_from_env)
+from swift_plugins.config.preflight import preview_issues, run_issues
 from swift_plugins.errors import run_main
 from swift_plugins.packing.resume import check_resume_world_size
 
@@ -73,6 +74,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     world_size, world_size_source = resolve_world_size(cli.world_size, os.environ)
     resolved: ResolvedConfig = resolve_config(cli.config, cli.overrides, world_size=world_size,
                                               world_size_source=world_size_source)
+    issues = preview_issues(os.environ, cli.export_flat)  # a preview that passes must not fail at launch
+    if issues:
+        raise ConfigError(issues)
     if cli.print_config:
         print(render_config(resolved), end="")
     if cli.export_flat:
@@ -82,6 +86,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     if cli.print_config or cli.export_flat:
         return 0
     issues = launch_issues(os.environ, cli.world_size) + missing_paths(resolved)
+    issues += run_issues(resolved) if not issues else []  # what the paths hold, once they exist
     if issues:
         raise ConfigError(issues)
     training = resolved.config.training

@@ -295,6 +295,22 @@ def save_image(path, size, mode: str = "RGB", **save_kwargs) -> pathlib.Path:
     return path
 
 
+def save_corrupt_png(path, size=(40, 20)) -> pathlib.Path:
+    """A PNG whose header (and every chunk CRC) is fine and whose compressed pixel data is not: PIL
+    reads its size, decoding it fails (``OSError``), as training's image loading would."""
+    import zlib
+
+    path = save_image(path, size)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"IDAT")
+    n = int.from_bytes(data[at - 4:at], "big")
+    for k in range(at + 4 + 2, at + 4 + n):  # keep the zlib header's 2 bytes, scramble the stream
+        data[k] ^= 0x5A
+    data[at + 4 + n:at + 8 + n] = zlib.crc32(bytes(data[at:at + 4 + n])).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
 def msg(role: str, content) -> dict:
     return {"role": role, "content": content}
 

@@ -89,3 +89,25 @@ def test_run_main_lets_a_plain_value_error_propagate(capsys):
     with pytest.raises(ValueError, match="^not a user error$"):
         run_main(main)
     assert capsys.readouterr().err == ""
+
+
+def test_run_main_ctrl_c_is_one_line_and_exit_130(capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert run_main(interrupted, []) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        "error: interrupted (Ctrl-C): nothing this run was writing is complete; run the command again\n")
+
+
+def test_argument_parser_mistakes_are_one_line_user_errors():
+    from swift_plugins.errors import ArgumentParser
+
+    p = ArgumentParser(prog="x.py")
+    p.add_argument("--n", type=int, required=True)
+    with pytest.raises(UserError) as info:
+        p.parse_args(["--n", "many"])
+    assert str(info.value) == "command line: argument --n: invalid int value: 'many' (see x.py --help)"
+    with pytest.raises(UserError, match="the following arguments are required: --n"):
+        p.parse_args([])

@@ -47,8 +47,8 @@ def test_analysis_reports_a_bad_record_a_missing_model_and_a_missing_file(tiny_m
         f"an integer)"]
     assert user_error(base + ["--model_path", str(tmp_path / "nope"), "--train_jsonl", str(data)],
                       subprocess_env) == [
-        f"error: --model_path: {tmp_path / 'nope'}: no such directory (give a local model folder with tokenizer.json "
-        f"and preprocessor_config.json)"]
+        f"error: --model_path: {tmp_path / 'nope'}: no such directory (give a local model folder with config.json, "
+        f"tokenizer.json and preprocessor_config.json; paths are relative to {REPO})"]
     assert user_error(base + ["--model_path", str(tiny_model_dir), "--train_jsonl", str(tmp_path / "no.jsonl")],
                       subprocess_env) == [
         f"error: --train_jsonl: {tmp_path / 'no.jsonl'}: no such file (paths are relative to the working directory "

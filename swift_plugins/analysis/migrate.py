@@ -52,7 +52,8 @@ from typing import Any, Optional, Sequence
 from swift_plugins.analysis.outputs import (ceil_steps, find_simulation, fmt_int, load_analysis, padding_rows,
                                             total_steps, variant_text)
 from swift_plugins.analysis.token_analysis import parse_bool
-from swift_plugins.errors import UserError, run_main
+from swift_plugins.checks import number_problem, raise_problems, writable_file_problem
+from swift_plugins.errors import ArgumentParser, UserError, run_main
 from swift_plugins.files import atomic_open
 from swift_plugins.packing.planner import OVERLONG_CHOICES, STRATEGIES
 
@@ -292,7 +293,7 @@ def migrate(padding_config: str, analysis_dir: str, output: Optional[str] = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="migrate_to_packing.py",
         description="Write a packing config that extends a padding config: packing keys from the analysis "
                     "(recommendations.json, packing_simulations.json), step-based keys rescaled to the new step "
@@ -322,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    raise_problems([number_problem("--world_size", args.world_size, minimum=1),
+                    number_problem("--global_max_length", args.global_max_length, minimum=1),
+                    number_problem("--packing_buffer", args.packing_buffer, minimum=0),
+                    number_problem("--packing_min_fill_ratio", args.packing_min_fill_ratio, minimum=0, maximum=1),
+                    not os.path.isfile(args.padding_config) and f"--padding_config: {args.padding_config}: no such file",
+                    writable_file_problem("--output", args.output or default_output(args.padding_config))])
     command = "python scripts/migrate_to_packing.py " + " ".join(argv)
     migrate(args.padding_config, args.analysis_dir, args.output, world_size=args.world_size,
             global_max_length=args.global_max_length, packing_strategy=args.packing_strategy,

@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from swift_plugins.analysis.folder import check_analysis
 from swift_plugins.analysis.memory import MemorySetup
 from swift_plugins.errors import UserError
 
@@ -92,11 +93,12 @@ def read_sample_stats(path: str) -> np.ndarray:
 
 
 def load_analysis(input_dir: str) -> Analysis:
-    """Read an analysis folder: a missing file is a FileNotFoundError, an inconsistent one a ValueError,
-    each naming the file and the fix."""
+    """Read an analysis folder: a missing file, a folder whose files are not one analysis
+    (:func:`~swift_plugins.analysis.folder.check_analysis`) or a bad line is a UserError naming the file and the fix."""
     missing = [n for n in REQUIRED_FILES if not os.path.isfile(os.path.join(input_dir, n))]
     if missing:
         raise UserError(f"{input_dir}: missing {', '.join(missing)}; {ANALYZE_HINT}")
+    check_analysis(input_dir)  # the files are one complete analysis, not an old one mixed with a new one
 
     def load(name):
         path = os.path.join(input_dir, name)

@@ -35,8 +35,10 @@ from swift_plugins.analysis.migrate import default_output
 from swift_plugins.analysis.outputs import (Analysis, TrainingSetup, ceil_steps, find_simulation, fmt_int, fmt_num,
                                             fmt_pct, fmt_val, inputs_text, load_analysis, padding_overhead, padding_rows,
                                             setup_from_analysis, setup_from_config, total_steps, variant_text)
-from swift_plugins.errors import run_main
-from swift_plugins.files import atomic_write_text
+from swift_plugins.analysis.folder import record_derived
+from swift_plugins.checks import model_dir_problem, number_problem, raise_problems, writable_dir_problem
+from swift_plugins.errors import ArgumentParser, run_main
+from swift_plugins.files import atomic_write_text, staged_files
 
 __all__ = ["MEMORY_COLUMNS", "build_parser", "comparison_rows", "comparison_table_md", "main", "memory_estimates",
            "memory_estimates_md", "summary_md", "write_report"]
@@ -399,22 +401,25 @@ def write_report(input_dir: str, output_dir: Optional[str] = None, *, config: Op
     memory_text = memory_estimates_md(analysis, setup, est, command=command)
     summary = summary_md(analysis, setup, figures_rel=os.path.relpath(output_dir, input_dir), est=est,
                          command=command)
-    log(f"[2/6] {paths['token_distribution.png']}")
-    plot_token_distribution(analysis, paths["token_distribution.png"], recommended=rec_len)
-    log(f"[3/6] {paths['packing_efficiency.png']}")
-    plot_packing_efficiency(analysis, paths["packing_efficiency.png"], recommended=rec_len)
-    log(f"[4/6] {paths['comparison_table.md']}")
-    atomic_write_text(paths["comparison_table.md"], comparison)
-    log(f"[5/6] {paths['memory_estimates.md']}")
-    atomic_write_text(paths["memory_estimates.md"], memory_text)
+    with staged_files(output_dir, ".figures-staging-") as stage:  # the four arrive together (or none, on Ctrl-C)
+        staged = {name: os.path.join(stage, name) for name in paths if name != "FULL_RESULTS_SUMMARY.md"}
+        log(f"[2/6] {paths['token_distribution.png']}")
+        plot_token_distribution(analysis, staged["token_distribution.png"], recommended=rec_len)
+        log(f"[3/6] {paths['packing_efficiency.png']}")
+        plot_packing_efficiency(analysis, staged["packing_efficiency.png"], recommended=rec_len)
+        log(f"[4/6] {paths['comparison_table.md']}")
+        atomic_write_text(staged["comparison_table.md"], comparison)
+        log(f"[5/6] {paths['memory_estimates.md']}")
+        atomic_write_text(staged["memory_estimates.md"], memory_text)
     log(f"[6/6] {paths['FULL_RESULTS_SUMMARY.md']}")
     atomic_write_text(paths["FULL_RESULTS_SUMMARY.md"], summary)
+    record_derived(input_dir, paths.values())  # a re-analysis of input_dir removes them with it
     log("done: " + ", ".join(paths.values()))
     return paths
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="visualize_packing_results.py",
         description="Figures (token_distribution.png, packing_efficiency.png), tables (comparison_table.md, "
                     "memory_estimates.md) and FULL_RESULTS_SUMMARY.md from the folder analyze_token_lengths.py "
@@ -445,6 +450,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
 
         update_files(args.update_docs)
         return 0
+    raise_problems([number_problem("--world_size", args.world_size, minimum=1),
+                    number_problem("--global_max_length", args.global_max_length, minimum=1),
+                    args.model_path and model_dir_problem("--model_path", args.model_path),
+                    args.config and not os.path.isfile(args.config) and f"--config: {args.config}: no such file",
+                    writable_dir_problem("--output_dir", args.output_dir or os.path.join(args.input_dir, "figures"),
+                                         create=False)])
     command = "python scripts/visualize_packing_results.py " + " ".join(argv)
     write_report(args.input_dir, args.output_dir, config=args.config, world_size=args.world_size,
                  global_max_length=args.global_max_length, model_path=args.model_path, command=command.strip())

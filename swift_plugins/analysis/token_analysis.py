@@ -3,7 +3,10 @@
     python scripts/analyze_token_lengths.py --model_path M --train_jsonl A.jsonl [B.jsonl ...] \\
         --output_dir docs/temp_packed_dataset --max_samples 0
 
-writes into ``--output_dir`` (each atomically):
+writes into ``--output_dir``, together: the outputs go to a staging folder first and move into
+place when the run is complete, ``analysis_manifest.json`` (each file's digest) last; the run
+first removes the earlier analysis of the folder and the figures made from it
+(:mod:`swift_plugins.analysis.folder`), so the folder holds one analysis or none:
 
     dataset_stats.json        num_samples, mean/median/max/p95/p99 of total, text and image tokens, skips,
                               and the same per file (``files``)
@@ -13,6 +16,14 @@ writes into ``--output_dir`` (each atomically):
     recommendations.json      recommended global_max_length + the numbers behind it
     skipped_records.jsonl     every record left out under --on_error skip, with its reason
     analysis_full.log         everything printed, plus timings
+    analysis_manifest.json    run_id and the digest of each file above (readers check it)
+
+Refused up front, one ``error:`` line each, exit 2, before a model or record is read: a model
+folder without config.json, a missing, empty or twice-listed ``--train_jsonl``, an output or
+cache folder that is a file or not writable, numbers out of range, a ``--max_lengths`` value above
+the model's context, bad ``MAX_PIXELS``-style environment overrides. After counting: no record
+left (all skipped). Records longer than the model's context are listed in
+``recommendations.json`` (``beyond_context``); the auto lengths are capped at the context.
 
 ``text_tokens`` counts every non-image token of the training sequence (chat markers, prompt,
 ``<|vision_start|>``/``<|vision_end|>``, the answer); ``image_tokens`` the ``<|image_pad|>``
@@ -31,12 +42,17 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+import numpy as np
+
 from swift_plugins.analysis.counting import count_files, file_rows, split_files
+from swift_plugins.analysis.folder import staged_analysis
 from swift_plugins.analysis.simulate import auto_max_lengths, dataset_stats, recommend, simulate
 from swift_plugins.data.conversation import EMIT_NORMS, OBJECT_ORDERINGS, ConversationOptions
 from swift_plugins.data.reader import write_skip_report
 from swift_plugins.data.records import ON_ERROR_CHOICES, RECORD_FORMATS
-from swift_plugins.errors import UserError, run_main
+from swift_plugins.checks import (env_problems, jsonl_problems, model_context_length, model_dir_problem, number_problem,
+                                  raise_problems, writable_dir_problem)
+from swift_plugins.errors import ArgumentParser, UserError, run_main
 from swift_plugins.families import counting_template, family_of_model
 from swift_plugins.files import atomic_write_text
 from swift_plugins.lengths.dataset import KIND_CODES
@@ -45,11 +61,12 @@ from swift_plugins.packing.planner import DEFAULT_STRATEGY, STRATEGIES
 # Detection records are split, not dropped, when too long: every object of a dense scene is trained.
 DETECTION_OVERLONG = "split"
 
-__all__ = ["AnalysisOptions", "build_parser", "main", "options_from_argv", "parse_bool", "run"]
+__all__ = ["AnalysisOptions", "beyond_context", "build_parser", "check_options", "main", "options_from_argv",
+           "parse_bool", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="analyze_token_lengths.py",
         description="Exact Qwen-VL token lengths (the model family from its config.json) of a detection JSONL (text + image tokens, the same numbers "
                     "ms-swift's template produces), packing simulations over max lengths and strategies, and a "
@@ -69,8 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bad record: raise = stop with path:line: field: reason; skip = leave it out and list it "
                         "in skipped_records.jsonl")
     g.add_argument("--check_images", type=parse_bool, default=True,
-                   help="validate that each image file exists and its header size matches width/height "
-                        "(false for width/height-only sets)")
+                   help="validate that each image file exists, its header size matches width/height and its "
+                        "pixel data decodes (false for width/height-only sets)")
+    g.add_argument("--check_image_data", type=parse_bool, default=True,
+                   help="with --check_images: decode each image's pixel data once, so a corrupt file is a bad "
+                        "record now and not an OSError in training (false: headers only, faster counting; "
+                        "docs/benchmarks.md)")
     g.add_argument("--num_workers", type=int, default=1,
                    help="processes counting lengths (results identical for any value)")
     g.add_argument("--cache_dir", default=".cache/swiftpack",
@@ -184,6 +205,7 @@ class AnalysisOptions:
     max_samples: int
     on_error: str
     check_images: bool
+    check_image_data: bool
     num_workers: int
     cache_dir: Optional[str]
     clear_cache: bool
@@ -218,24 +240,71 @@ def options_from_argv(argv: Optional[Sequence[str]] = None) -> AnalysisOptions:
     return AnalysisOptions(**vars(build_parser().parse_args(argv)))
 
 
-def _check_inputs(args: AnalysisOptions) -> None:
-    if not os.path.isdir(args.model_path):
-        raise UserError(f"--model_path: {args.model_path}: no such directory (give a local model folder with "
-                        f"tokenizer.json and preprocessor_config.json)")
-    for path in args.train_jsonl:
-        if not os.path.isfile(path):
-            raise UserError(f"--train_jsonl: {path}: no such file (paths are relative to the working "
-                            f"directory {os.getcwd()})")
+def check_options(args: AnalysisOptions, environ=os.environ) -> Optional[int]:
+    """Every up-front refusal (paths, numbers, environment), all at once, before a model or record is read;
+    returns the model's context length (``max_position_embeddings``, None when config.json has none)."""
+    problems = [model_dir_problem("--model_path", args.model_path)]
+    problems += jsonl_problems("--train_jsonl", args.train_jsonl)
+    positive = ("num_workers", "effective_batch_size", "world_size", "per_device_train_batch_size",
+                "padding_batch_size", "num_train_epochs", "lora_rank", "max_pixels")
+    problems += [number_problem(f"--{name}", getattr(args, name), minimum=1) for name in positive]
+    problems += [number_problem(f"--{name}", getattr(args, name), minimum=0)
+                 for name in ("max_samples", "seed", "packing_buffer")]
+    problems += [number_problem(f"--{name}", getattr(args, name), minimum=0, maximum=1)
+                 for name in ("packing_min_fill_ratio", "max_drop_fraction")]
+    problems += [number_problem("--memory_headroom", args.memory_headroom, minimum=0, below=1),
+                 number_problem("--gpu_memory_gib", args.gpu_memory_gib, above=0)]
+    problems += env_problems(environ)
+    context = None if problems[0] else model_context_length(args.model_path)
+    if context and args.max_lengths != "auto" and max(args.max_lengths) > context:
+        problems.append(f"--max_lengths: {max(args.max_lengths)} is above the model's context "
+                        f"(max_position_embeddings {context} in {args.model_path}/config.json); give lengths up to "
+                        f"{context}")
+    raise_problems(problems)
+    raise_problems([writable_dir_problem("--output_dir", args.output_dir)]
+                   + ([writable_dir_problem("--cache_dir", args.cache_dir)] if args.cache_dir else []))
+    return context
+
+
+def _refuse_nothing_counted(lengths) -> None:
+    """No record left after the skips: a recommendation over nothing would be a number without meaning."""
+    if len(lengths):
+        return
+    skipped = lengths.skipped
+    first = f" (first: {skipped[0].path}:{skipped[0].line}: {skipped[0].field}: {skipped[0].reason})" if skipped else ""
+    raise UserError(f"--train_jsonl: nothing to analyse: all {len(skipped)} record(s) were skipped{first}; fix the "
+                    f"records (--on_error raise stops at the first with its fix)")
+
+
+def beyond_context(lengths, context: Optional[int]) -> dict:
+    """Records longer than the model's context (``max_position_embeddings``): never trained whole.
+
+    ``{"max_position_embeddings": 4096, "records": [{"jsonl": "a.jsonl", "line": 7, "total_tokens": 5000,
+    "reason": ...}]}``; a detection record among them is split into pieces under ``packing_overlong:
+    split``, a messages row is dropped (every simulated length is at most the context).
+    """
+    rows = []
+    if context:
+        for r in np.flatnonzero(lengths.total_tokens > context):
+            rows.append({"jsonl": lengths.paths[int(lengths.file[r])], "line": int(lengths.line[r]),
+                         "total_tokens": int(lengths.total_tokens[r]),
+                         "reason": f"longer than the model's context (max_position_embeddings {context})"})
+    return {"max_position_embeddings": context, "records": rows}
 
 
 def run(args: AnalysisOptions) -> dict:
-    """Count, simulate, recommend and write every output (see the module docstring)."""
+    """Check everything up front, then count, simulate, recommend and write every output into a staging
+    folder moved into ``output_dir`` whole (:mod:`swift_plugins.analysis.folder`; module docstring)."""
+    context = check_options(args)
+    with staged_analysis(args.output_dir) as stage:
+        return _analyse(args, stage, context)
+
+
+def _analyse(args: AnalysisOptions, stage: str, context: Optional[int]) -> dict:
     from swift_plugins.analysis.memory import MemorySetup, ModelShape, memory_table, setup_dict
     from swift_plugins.training.calibration import load_counter
 
-    _check_inputs(args)
-    os.makedirs(args.output_dir, exist_ok=True)
-    log_path = os.path.join(args.output_dir, "analysis_full.log")
+    log_path = os.path.join(stage, "analysis_full.log")
     log_lines: list[str] = []
 
     def log(msg: str) -> None:
@@ -259,12 +328,14 @@ def run(args: AnalysisOptions) -> dict:
     progress = _Progress(args.train_jsonl, args.max_samples)
     try:
         lengths = count_files(args.train_jsonl, counter, options, progress=progress, on_error=args.on_error,
-                              check_images=args.check_images, max_records=args.max_samples,
+                              check_images=args.check_images, check_image_data=args.check_image_data,
+                              max_records=args.max_samples,
                               num_workers=args.num_workers, cache_dir=args.cache_dir or None,
                               clear_cache=args.clear_cache, record_format=args.record_format)
     finally:
         progress.close()
-    write_skip_report(os.path.join(args.output_dir, "skipped_records.jsonl"), lengths.skipped)
+    _refuse_nothing_counted(lengths)
+    write_skip_report(os.path.join(stage, "skipped_records.jsonl"), lengths.skipped)
     summary = lengths.summary()
     log(f"counted {len(lengths)} records in {time.perf_counter() - t0:.1f}s "
         f"({'from cache' if lengths.from_cache else f'{args.num_workers} worker(s)'})")
@@ -277,7 +348,7 @@ def run(args: AnalysisOptions) -> dict:
                        "family": family.model_type, "template": template, "max_pixels": args.max_pixels, "record_format": args.record_format,
                        "conversation": options.to_dict(), "image_rule": counter.rule.to_dict(),
                        "max_samples": args.max_samples}
-    _write_json(os.path.join(args.output_dir, "dataset_stats.json"), stats)
+    _write_json(os.path.join(stage, "dataset_stats.json"), stats)
     total = lengths.total_tokens
     kind_names = {code: name for name, code in KIND_CODES.items()}
     sample_lines = (json.dumps({"file": int(f), "line": int(l), "kind": kind_names[int(k)], "text_tokens": int(t),
@@ -285,14 +356,16 @@ def run(args: AnalysisOptions) -> dict:
                                 "num_images": int(m)}) + "\n"
                     for f, l, k, t, i, o, m in zip(lengths.file, lengths.line, lengths.kind, lengths.text_tokens,
                                                    lengths.image_tokens, lengths.num_objects, lengths.num_images))
-    atomic_write_text(os.path.join(args.output_dir, "sample_stats.jsonl"), "".join(sample_lines))
+    atomic_write_text(os.path.join(stage, "sample_stats.jsonl"), "".join(sample_lines))
     log(f"tokens per sample: total mean {stats['mean_total_tokens']}, median {stats['median_total_tokens']}, "
         f"p95 {stats['p95_total_tokens']}, p99 {stats['p99_total_tokens']}, max {stats['max_total_tokens']}; "
         f"image mean {stats['mean_image_tokens']}, text mean {stats['mean_text_tokens']}")
 
     if args.max_lengths == "auto":
-        args = dataclasses.replace(args, max_lengths=auto_max_lengths(total))
-        log(f"max lengths (auto, around p99 {stats['p99_total_tokens']}): {args.max_lengths}")
+        lengths_auto = auto_max_lengths(total)
+        args = dataclasses.replace(args, max_lengths=sorted({min(L, context or L) for L in lengths_auto}))
+        log(f"max lengths (auto, around p99 {stats['p99_total_tokens']}): {args.max_lengths}"
+            + (f" (capped at the model's context {context})" if args.max_lengths != lengths_auto else ""))
     t0 = time.perf_counter()
     # overlong=split: the pieces training would make, measured exactly (detection records; one
     # with an object too long alone is unsplittable and counted as lost)
@@ -301,7 +374,7 @@ def run(args: AnalysisOptions) -> dict:
                     effective_batch_size=args.effective_batch_size, num_train_epochs=args.num_train_epochs,
                     packing_buffer=args.packing_buffer or None, min_fill_ratio=args.packing_min_fill_ratio,
                     drop_last=args.packing_drop_last, split_samples=split_samples)
-    _write_json(os.path.join(args.output_dir, "packing_simulations.json"), sims)
+    _write_json(os.path.join(stage, "packing_simulations.json"), sims)
     log(f"packing simulations ({len(sims)}) in {time.perf_counter() - t0:.1f}s (overlong split: "
         + ", ".join(f"{L}: {v[1]} records split, {v[2]} unsplittable" for L, v in split_samples.items()) + "):")
     log(f"  {'max_len':>8} {'strategy':>9} {'buffer':>6} {'overlong':>8} {'packs':>7} {'smp/pack':>8} "
@@ -321,9 +394,14 @@ def run(args: AnalysisOptions) -> dict:
                     per_device_train_batch_size=args.per_device_train_batch_size,
                     padding_batch_size=args.padding_batch_size, num_train_epochs=args.num_train_epochs,
                     overlong=DETECTION_OVERLONG if lengths.has_detection_records() else "drop")
+    rec["beyond_context"] = beyond_context(lengths, context)
+    if rec["beyond_context"]["records"]:
+        log(f"{len(rec['beyond_context']['records'])} record(s) longer than the model's context {context} "
+            f"(max_position_embeddings): never trained whole (split if detection records, else dropped); "
+            f"listed in recommendations.json beyond_context")
     rec["memory"] = {"model_params": shape.total_params, "setup": setup_dict(setup), "gpu_memory_gib": args.gpu_memory_gib,
                      "per_length": [mem_rows[n] for n in args.max_lengths]}
-    _write_json(os.path.join(args.output_dir, "recommendations.json"), rec)
+    _write_json(os.path.join(stage, "recommendations.json"), rec)
     if rec.get("recommended"):
         r, why = rec["recommended"], rec["why"]
         log(f"recommended: global_max_length {r['global_max_length']} ({rec['reason']}): efficiency "

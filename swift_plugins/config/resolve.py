@@ -53,15 +53,18 @@ def _at(label: str, line: Optional[int]) -> str:
     return f"{label}:{line}" if line else label
 
 
-def _key_lines(node, prefix: Tuple[str, ...] = ()) -> Dict[Tuple[str, ...], int]:
-    """Line (1-based) of every key of a composed YAML mapping, by its path."""
+def _key_lines(node, prefix: Tuple[str, ...] = (), duplicates: Optional[list] = None) -> Dict[Tuple[str, ...], int]:
+    """Line (1-based) of every key of a composed YAML mapping, by its path; a key written twice in one
+    mapping is appended to ``duplicates`` as (path, first line, second line) (YAML would keep the last)."""
     out: Dict[Tuple[str, ...], int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode):
                 path = prefix + (str(key_node.value),)
+                if path in out and duplicates is not None:
+                    duplicates.append((path, out[path], key_node.start_mark.line + 1))
                 out[path] = key_node.start_mark.line + 1
-                out.update(_key_lines(value_node, path))
+                out.update(_key_lines(value_node, path, duplicates))
     return out
 
 
@@ -71,7 +74,8 @@ def _read_yaml(label: str) -> Tuple[Optional[dict], Dict[Tuple[str, ...], int], 
         with open(label, encoding="utf-8") as f:
             text = f.read()
         data = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
+        duplicates: list = []
+        lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader), duplicates=duplicates)
     except FileNotFoundError:
         return None, {}, [Issue(label, "", "file not found")]
     except yaml.YAMLError as e:
@@ -80,6 +84,10 @@ def _read_yaml(label: str) -> Tuple[Optional[dict], Dict[Tuple[str, ...], int], 
         return None, {}, [Issue(_at(label, mark.line + 1 if mark is not None else None), "",
                                 f"invalid YAML" + (f" at column {mark.column + 1}" if mark is not None else "")
                                 + f": {problem} (fix the YAML syntax)")]
+    if duplicates:
+        return None, {}, [Issue(_at(label, second), ".".join(path), f"duplicate key (also at line {first}); YAML "
+                                f"would silently keep the last one: keep one")
+                          for path, first, second in duplicates]
     if data is None:
         return {}, {}, []
     if not isinstance(data, dict):

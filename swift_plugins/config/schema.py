@@ -211,9 +211,10 @@ class DataSection:
     skip_report_dir: Optional[str] = _key(None, "Folder of the skip reports (train_skipped.jsonl, "
                                                 "val_skipped.jsonl); required with on_error skip.",
                                           ours="skip_report_dir", path=True)
-    check_images: bool = _key(True, "Check every image exists and has the recorded width / height (LVIS "
+    check_images: bool = _key(True, "Check every image exists, has the recorded width / height (LVIS "
                                     "records; a messages row's image headers are always read: its sizes come from "
-                                    "them).", ours="check_images")
+                                    "them) and decodes (a corrupt file is a bad record, not a training crash).",
+                              ours="check_images")
     record_format: str = _key("auto", "Kind of the records in custom.train_jsonl / val_jsonl: lvis (detection "
                                       "records), messages (ms-swift's messages rows), auto (each record by its keys: "
                                       "'messages' -> messages, 'width' / 'height' / 'objects' -> lvis).",

@@ -106,8 +106,10 @@ def messages_to_swift_row(record: dict, *, base_dir) -> dict:
 
 
 # ----------------------------------------------------------------------------------- validation
-def check_messages_record(rec: dict, base_dir: str, *, read_images: bool) -> list[tuple[int, int]] | None:
-    """Raise the record's first problem as ``Problem``; with ``read_images`` return each image's (w, h).
+def check_messages_record(rec: dict, base_dir: str, *, read_images: bool,
+                          decode: bool = False) -> list[tuple[int, int]] | None:
+    """Raise the record's first problem as ``Problem``; with ``read_images`` return each image's (w, h)
+    (``decode``: each image's pixel data decoded once too, see ``image_header_size``).
 
     Cheap structural checks first, the image headers on disk last (as for LVIS records).
     """
@@ -145,7 +147,7 @@ def check_messages_record(rec: dict, base_dir: str, *, read_images: bool) -> lis
         return None
     sizes = []
     for i, image in enumerate(images):
-        w, h = image_header_size(image, base_dir, f"images[{i}]")
+        w, h = image_header_size(image, base_dir, f"images[{i}]", decode=decode)
         if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
             raise Problem("aspect_ratio", f"images[{i}]",
                            f"aspect ratio {max(w, h) / min(w, h):.1f} ({w}x{h}) exceeds {MAX_ASPECT_RATIO}",
@@ -232,13 +234,14 @@ def _check_content(m: dict, i: int, *, has_images: bool) -> int:
     return tags
 
 
-def messages_image_sizes(record: dict, *, path: str, line: int, base_dir: str) -> list[tuple[int, int]]:
+def messages_image_sizes(record: dict, *, path: str, line: int, base_dir: str,
+                         decode: bool = False) -> list[tuple[int, int]]:
     """Validate a messages record, reading every image header; its images' (width, height) in order.
 
     The length pass's entry: the sizes come from the headers, so they are read whatever
     ``check_images`` says. Problems raise :class:`~swift_plugins.data.records.RecordError`.
     """
     try:
-        return check_messages_record(record, base_dir, read_images=True)
+        return check_messages_record(record, base_dir, read_images=True, decode=decode)
     except Problem as p:
         raise RecordError(path, line, p.field, p.message, p.kind) from None

@@ -55,16 +55,36 @@ def show_value(v: Any) -> str:
     return s if len(s) <= 40 else s[:37] + "..."
 
 
-def image_header_size(image: str, base_dir: str, field_: str) -> tuple[int, int]:
-    """(width, height) from the image file's header (PIL, no pixel decoding); kinds image_missing / image_unreadable."""
+def image_header_size(image: str, base_dir: str, field_: str, *, decode: bool = False) -> tuple[int, int]:
+    """(width, height) from the image file's header (PIL); kinds image_missing / image_unreadable.
+
+    ``decode``: also decode the pixel data once (JPEG grey at 1/8 scale through ``draft``, which
+    still reads every entropy-coded byte), so a file whose header is fine and whose data is corrupt is
+    a bad record here (kind ``image_undecodable``), not an ``OSError`` naming no record in training.
+    """
     full = image if os.path.isabs(image) else os.path.join(base_dir, image)
     if not os.path.isfile(full):
         raise Problem("image_missing", field_, f"file not found: {full}",
                        "fix the path; relative paths resolve against the JSONL's folder")
     from PIL import Image  # header only: Image.open is lazy, .size needs no pixel decoding
     try:
-        with Image.open(full) as im:
-            return im.size
+        im = Image.open(full)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
         raise Problem("image_unreadable", field_, f"cannot read the image header of {full}: "
                        f"{type(e).__name__}: {e}", "re-encode the image as JPEG or PNG") from None
+    with im:
+        size = im.size  # before decoding: draft() shrinks it
+        if decode:
+            try:
+                _decode(im)
+            except Exception as e:  # noqa: BLE001 - OSError, SyntaxError, ValueError, ... from the decoders
+                raise Problem("image_undecodable", field_, f"the pixel data of {full} cannot be decoded: "
+                               f"{type(e).__name__}: {e}", "re-encode or replace the image, or drop the record"
+                               ) from None
+        return size
+
+
+def _decode(im) -> None:
+    if im.format == "JPEG":  # grey at 1/8 scale: every entropy-coded byte read, a third of the work
+        im.draft("L", (max(1, im.width // 8), max(1, im.height // 8)))
+    im.load()

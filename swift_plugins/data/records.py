@@ -77,22 +77,26 @@ def parse_record(text: str | bytes, *, path: str = "<record>", line: int = 0) ->
 
 
 def validate_record(record: Any, *, path: str = "<record>", line: int = 0, base_dir: Optional[str] = None,
-                    check_images: bool = True, record_format: str = "lvis") -> dict:
+                    check_images: bool = True, record_format: str = "lvis",
+                    check_image_data: Optional[bool] = None) -> dict:
     """Check one parsed record; return it unchanged or raise :class:`RecordError`.
 
     The kind comes from :func:`record_kind` (``record_format`` defaults to ``"lvis"``, as before
     messages records existed). ``base_dir`` resolves relative image paths (default: the folder of
-    ``path``). With ``check_images`` every image header is read with PIL (no pixel decoding): an
-    LVIS image's size must equal width/height, a messages image must be readable; without it the
-    disk is never touched (the synthetic set has no image files).
+    ``path``). With ``check_images`` every image is read with PIL, its header and its pixel data
+    once (a corrupt file is ``image_undecodable``; ``check_image_data=False``: headers only, the
+    default follows ``check_images``): an LVIS image's size must equal width/height, a messages
+    image must be readable; without it the disk is never touched (the synthetic set has no image
+    files).
     """
     kind = record_kind(record, record_format, path=path, line=line)
+    decode = check_images if check_image_data is None else check_images and check_image_data
     base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
     try:
         if kind == "lvis":
-            _validate(record, base, check_images)
+            _validate(record, base, check_images, decode)
         else:
-            check_messages_record(record, base, read_images=check_images)
+            check_messages_record(record, base, read_images=check_images, decode=decode)
     except Problem as p:
         raise RecordError(path, line, p.field, p.message, p.kind) from None
     return record
@@ -153,7 +157,7 @@ def _keys(keys) -> str:
     return shown + (f", ... (+{len(keys) - 6})" if len(keys) > 6 else "")
 
 
-def _validate(rec: Any, base_dir: str, check_images: bool) -> None:
+def _validate(rec: Any, base_dir: str, check_images: bool, decode: bool = False) -> None:
     if not isinstance(rec, dict):
         raise Problem("not_an_object", "<record>", f"expected a JSON object, got {json_type(rec)}",
                        "write exactly one JSON object per line")
@@ -191,7 +195,7 @@ def _validate(rec: Any, base_dir: str, check_images: bool) -> None:
     for i, obj in enumerate(objects):
         _validate_object(obj, f"objects[{i}]", w, h)
     if check_images:
-        _validate_image(images[0], base_dir, w, h)
+        _validate_image(images[0], base_dir, w, h, decode)
 
 
 def _validate_object(obj: Any, where: str, w: int, h: int) -> None:
@@ -257,8 +261,8 @@ def _check_range(values: list, field_: str, w: int, h: int) -> None:
                            f"the image [0, {limit}]", "clamp coordinates to the image or fix width/height")
 
 
-def _validate_image(image: str, base_dir: str, w: int, h: int) -> None:
-    iw, ih = image_header_size(image, base_dir, "images[0]")
+def _validate_image(image: str, base_dir: str, w: int, h: int, decode: bool) -> None:
+    iw, ih = image_header_size(image, base_dir, "images[0]", decode=decode)
     if (iw, ih) != (w, h):
         raise Problem("image_size_mismatch", "images[0]", f"the image is {iw}x{ih} but the record says "
                        f"width={w}, height={h}", "set width/height to the stored image's size")

@@ -8,8 +8,11 @@ One pass over the file (read in chunks of raw lines, in order), each record by i
     messages: raw line --parse+validate, image headers--> record --chat layout--> tokenizer --> text tokens
                                                           \\--header sizes--> ImageTokenRule --> image tokens
 
-A messages record's image sizes come from its image headers (PIL, no pixels decoded), so they are
-read even with ``check_images=False`` (which then only spares the LVIS records the disk).
+A messages record's image sizes come from its image headers (PIL), so they are read even with
+``check_images=False`` (which then only spares the LVIS records the disk); with ``check_images``
+every image's pixel data is also decoded once (a corrupt image is a bad record, kind
+``image_undecodable``, here and not an ``OSError`` in training; ``check_image_data=False`` reads
+headers only: the decode is most of the counting time, ``docs/benchmarks.md``).
 
 Chunks go to ``num_workers`` processes and come back in file order, so the result (and every
 packing plan made from it) is the same for any worker count. Bad records follow the validator's
@@ -18,17 +21,22 @@ policy: ``raise`` stops at the first one in file order, ``skip`` lists each in t
 Cache: the arrays are stored under ``cache_dir/<key>.npz`` where ``key`` hashes the data file's
 bytes, the tokenizer, the conversation options, the image rule, the template frames and chat
 layout, the read policy and record format and the source of the counting code; any change gives a
-new key, so a stale cache is never read. The images of messages records are outside the file:
-the entry stores each one's (path, size, mtime) and is used only while all still match. A rerun
+new key, so a stale cache is never read. The images are outside the file: the entry stores
+(path, size, mtime) of each messages record's image (and, when their pixel data was checked, of
+each LVIS record's image) and is used only while all still match. A rerun
 with unchanged inputs only hashes the file (and stats those images) and loads the arrays.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import pathlib
+import pickle
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -40,7 +48,7 @@ from swift_plugins.data.messages import image_paths, messages_image_sizes
 from swift_plugins.data.reader import ReadSummary, SkippedRecord, skipped_record, write_skip_report
 from swift_plugins.data.records import (ON_ERROR_CHOICES, RECORD_FORMATS, RecordError, parse_record, record_kind,
                                         validate_record)
-from swift_plugins.files import atomic_open, file_digest
+from swift_plugins.files import atomic_open, file_digest, scratch_file
 from swift_plugins.lengths import chat as chat_mod
 from swift_plugins.lengths import counter as counter_mod
 from swift_plugins.lengths import image_rule
@@ -81,12 +89,19 @@ _WORKER: dict = {}
 
 
 def _init_worker(state: dict, counter: Optional[LengthCounter] = None) -> None:
-    """Worker globals; in-process (``counter`` given) the caller's counter is reused, not re-parsed."""
+    """Worker globals; in-process (``counter`` given) the caller's counter is reused, not re-parsed.
+
+    A pool worker ignores SIGINT: Ctrl-C reaches the whole process group, and the parent alone
+    ends the run (one line, exit 130) and terminates the pool, instead of one traceback per worker.
+    """
+    if counter is None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER["counter"] = counter if counter is not None else LengthCounter.from_state(state["counter"])
     _WORKER["options"] = state["options"]
     _WORKER["path"] = state["path"]
     _WORKER["base_dir"] = state["base_dir"]
     _WORKER["check_images"] = state["check_images"]
+    _WORKER["decode"] = state["check_images"] and state["check_image_data"]
     _WORKER["frame"] = state["frame"]
     _WORKER["record_format"] = state["record_format"]
     _WORKER["answers"] = DetectionAnswerCounter(_WORKER["counter"].text_tokens)
@@ -109,7 +124,8 @@ def _count_chunk(chunk: tuple[int, list[bytes]]) -> list[tuple]:
             record = parse_record(raw, path=path, line=line_no)
             kind = record_kind(record, _WORKER["record_format"], path=path, line=line_no)
             if kind == "messages":
-                sizes = messages_image_sizes(record, path=path, line=line_no, base_dir=base_dir)
+                sizes = messages_image_sizes(record, path=path, line=line_no, base_dir=base_dir,
+                                             decode=_WORKER["decode"])
                 _check_resize(counter, sizes, path, line_no)
                 pending.append((len(out), line_no, record, sizes))
                 out.append(None)
@@ -142,6 +158,7 @@ def _lvis_result(record: dict, line_no: int) -> tuple:
     counter: LengthCounter = _WORKER["counter"]
     path, base_dir, options, frame = _WORKER["path"], _WORKER["base_dir"], _WORKER["options"], _WORKER["frame"]
     validate_record(record, path=path, line=line_no, base_dir=base_dir, check_images=_WORKER["check_images"],
+                    check_image_data=_WORKER["decode"],
                     record_format="lvis")
     w, h = record["width"], record["height"]
     try:
@@ -155,7 +172,8 @@ def _lvis_result(record: dict, line_no: int) -> tuple:
         if (full.text_tokens, full.image_tokens) != (text_tokens, image_tokens):
             raise RuntimeError(f"{path}:{line_no}: fast length {text_tokens}+{image_tokens} != tokenizer "
                                f"{full.text_tokens}+{full.image_tokens}; please report this record")
-    return ("ok", line_no, text_tokens, image_tokens, len(record["objects"]), KIND_CODES["lvis"], 1, ())
+    stamped = tuple(image_paths(record, base_dir)) if _WORKER["decode"] else ()  # decoded: re-check on change
+    return ("ok", line_no, text_tokens, image_tokens, len(record["objects"]), KIND_CODES["lvis"], 1, stamped)
 
 
 def record_text_tokens(record: dict, answers: DetectionAnswerCounter, frame: int, emit_norm: str) -> int:
@@ -210,7 +228,8 @@ def code_digest() -> str:
 
 
 def cache_key(path: str, counter: LengthCounter, options: dict, *, on_error: str, check_images: bool,
-              max_records: int, prompt_frame: Optional[int], record_format: str = "auto") -> str:
+              max_records: int, prompt_frame: Optional[int], record_format: str = "auto",
+              check_image_data: bool = True) -> str:
     state = counter.state()
     parts = {
         "format": CACHE_FORMAT,
@@ -225,6 +244,7 @@ def cache_key(path: str, counter: LengthCounter, options: dict, *, on_error: str
         "options": options,
         "on_error": on_error,
         "check_images": check_images,
+        "check_image_data": check_images and check_image_data,
         "max_records": max_records,
         "record_format": record_format,
         "code": code_digest(),
@@ -235,7 +255,8 @@ def cache_key(path: str, counter: LengthCounter, options: dict, *, on_error: str
 def count_dataset(path, counter: LengthCounter, options: ConversationOptions | dict | None = None, *,
                   on_error: str = "raise", report_path=None, check_images: bool = True, max_records: int = 0,
                   num_workers: int = 1, cache_dir=None, clear_cache: bool = False,
-                  progress: Optional[Callable[[int], None]] = None, record_format: str = "auto") -> DatasetLengths:
+                  progress: Optional[Callable[[int], None]] = None, record_format: str = "auto",
+                  check_image_data: bool = True) -> DatasetLengths:
     """Exact lengths of every valid record of ``path`` (see module docstring).
 
     ``record_format``: auto (each record by its keys), lvis or messages. ``options`` (the
@@ -263,7 +284,8 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
     cache_file = None
     if cache_dir is not None:
         key = cache_key(path, counter, opts_dict, on_error=on_error, check_images=check_images,
-                        max_records=max_records, prompt_frame=frame, record_format=record_format)
+                        max_records=max_records, prompt_frame=frame, record_format=record_format,
+                        check_image_data=check_image_data)
         cache_file = pathlib.Path(cache_dir) / f"lengths-{key}.npz"
         if clear_cache and cache_file.exists():
             cache_file.unlink()
@@ -277,7 +299,8 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
 
     base_dir = os.path.dirname(os.path.abspath(path))
     state = {"counter": counter.state() if num_workers > 1 else None, "options": opts_dict, "path": path,
-             "base_dir": base_dir, "check_images": check_images, "frame": frame, "record_format": record_format}
+             "base_dir": base_dir, "check_images": check_images, "check_image_data": check_image_data, "frame": frame,
+             "record_format": record_format}
     summary = ReadSummary(path=path, report_path=None if report_path is None else str(report_path))
     cols: dict = {k: [] for k in ("line", "text_tokens", "image_tokens", "num_objects", "kind", "num_images")}
     skipped, images = [], {}
@@ -312,8 +335,7 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
             if progress:
                 progress(done)
     else:
-        ctx = mp.get_context("spawn")  # no forked tokenizer thread pools; same result as in-process
-        with ctx.Pool(num_workers, initializer=_init_worker, initargs=(state,)) as pool:
+        with _worker_pool(num_workers, state) as pool:
             for chunk_result in pool.imap(_count_chunk, chunks, chunksize=1):
                 consume(chunk_result)
                 done += len(chunk_result)
@@ -329,6 +351,33 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
     if cache_file is not None:
         _save_cache(cache_file, result, _image_stamps(sorted(images)))
     return result
+
+
+@contextlib.contextmanager
+def _worker_pool(num_workers: int, state: dict):
+    """A spawn pool whose workers ignore SIGINT from their first instruction on.
+
+    Ctrl-C reaches the whole process group; a worker still importing would print one traceback
+    each. SIG_IGN survives exec, so the parent ignores SIGINT while it starts them and then
+    restores its handler. The workers' large state (the tokenizer) reaches them through a scratch
+    file, not the start-up pipe, so starting them takes milliseconds, not their imports.
+    """
+    ctx = mp.get_context("spawn")  # no forked tokenizer thread pools; same result as in-process
+    with scratch_file(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)) as path:
+        main = threading.current_thread() is threading.main_thread()  # signal handlers belong to it
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            pool = ctx.Pool(num_workers, initializer=_init_worker_from_file, initargs=(path,))
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        with pool:
+            yield pool
+
+
+def _init_worker_from_file(path: str) -> None:
+    with open(path, "rb") as f:
+        _init_worker(pickle.load(f))
 
 
 def _image_stamps(paths) -> list:

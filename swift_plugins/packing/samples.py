@@ -132,10 +132,28 @@ def build_sample_plan(paths, counter: LengthCounter, conversation: ConversationO
     plan = plan_packs(arrays["lengths"], global_max_length, strategy=strategy, seed=seed, buffer_size=buffer_size,
                       min_fill_ratio=min_fill_ratio, drop_last=drop_last,
                       overlong="error" if overlong == "error" else "drop")
+    if not plan.packs:
+        _refuse_empty(paths, summaries, arrays["lengths"], global_max_length)
     options = {"overlong": overlong, "buffer_size": buffer_size, "min_fill_ratio": min_fill_ratio,
                "drop_last": drop_last, "seed": seed, "record_format": record_format}
     return SamplePlan(paths, arrays["files"], arrays["lines"], arrays["parts"], arrays["kinds"], arrays["lengths"],
                       plan, summaries, skipped, split_count, options)
+
+
+def _refuse_empty(paths, summaries, lengths, max_length: int) -> None:
+    """Nothing left to pack (every record skipped, or every sample longer than ``max_length``, or dropped as an
+    under-filled last pack): one UserError with the counts and the fix, before any model is loaded."""
+    read = sum(s["read"] for s in summaries)
+    skipped = sum(s["skipped"] for s in summaries)
+    if len(lengths) and int(lengths.min()) > max_length:
+        fix = (f"every one of the {len(lengths)} sample(s) is longer than global_max_length {max_length} (the shortest "
+               f"has {int(lengths.min())} tokens); raise training.global_max_length to at least {int(lengths.min())}")
+    elif len(lengths):
+        fix = (f"{len(lengths)} sample(s) fill no pack (packing_min_fill_ratio / packing_drop_last dropped them); "
+               f"lower training.packing_min_fill_ratio or set packing_drop_last false")
+    else:
+        fix = f"all {skipped} record(s) were skipped; fix the records (on_error raise stops at the first with its fix)"
+    raise UserError(f"{' + '.join(paths)}: nothing left to pack ({read} record(s) read): {fix}")
 
 
 def _refuse_overlong(paths, arrays, max_length: int) -> None:

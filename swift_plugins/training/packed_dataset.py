@@ -132,7 +132,11 @@ class PackedDataset:
         """The pack at ``index`` of this epoch's order, each sample encoded and its length checked."""
         encoded = []
         for sample in self.order[index]:
-            enc = self.template.encode(self.row(sample), return_length=True)
+            try:
+                enc = self.template.encode(self.row(sample), return_length=True)
+            except OSError as e:  # PIL: an image whose data broke after planning (check_images decoded it then)
+                raise UserError(f"{self.place(sample)}: images: cannot be loaded ({type(e).__name__}: {e}) (re-encode "
+                                f"or replace the image, or drop the record)") from None
             planned = int(self.sp.lengths[sample])
             if enc["length"] != planned:
                 raise PackLengthMismatch(

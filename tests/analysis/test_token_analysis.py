@@ -179,3 +179,18 @@ def test_several_files_of_both_kinds_give_per_file_rows_and_one_simulation(tiny_
     assert "### Per file" in summary
     assert f"| `{messages}` | 30 | 0 | 30 | 0 | 30 | {report.fmt_val(msgs['mean_total_tokens'])} |" in summary
     assert f"- Dataset: `{sample_dir / 'train.jsonl'}` + `{messages}`, 60 samples" in summary
+
+
+def test_beyond_context_lists_each_record_longer_than_the_model_context():
+    import numpy as np
+    from types import SimpleNamespace
+
+    from swift_plugins.analysis.token_analysis import beyond_context
+
+    counted = SimpleNamespace(paths=["a.jsonl", "b.jsonl"], file=np.array([0, 0, 1]), line=np.array([1, 4, 2]),
+                              total_tokens=np.array([100, 5000, 4097]))
+    reason = "longer than the model's context (max_position_embeddings 4096)"
+    assert beyond_context(counted, 4096) == {"max_position_embeddings": 4096, "records": [
+        {"jsonl": "a.jsonl", "line": 4, "total_tokens": 5000, "reason": reason},
+        {"jsonl": "b.jsonl", "line": 2, "total_tokens": 4097, "reason": reason}]}
+    assert beyond_context(counted, None) == {"max_position_embeddings": None, "records": []}

@@ -316,3 +316,18 @@ def test_yaml_1_1_exponent_strings_are_floats(cfg):
     assert C.resolve_config(path).config.training.learning_rate == 2e-4
 
 
+def test_a_duplicate_key_is_refused_with_file_line_and_key(cfg, tmp_path):
+    write(tmp_path, "d.yaml", """\
+        model: {model: m}
+        training:
+          learning_rate: 1.0e-4
+          effective_batch_size: 8
+          learning_rate: 2.0e-4
+        custom: {train_jsonl: t.jsonl}
+        custom: {train_jsonl: u.jsonl}
+        """)
+    assert issues("d.yaml") == [
+        "d.yaml:5: training.learning_rate: duplicate key (also at line 3); YAML would silently keep the last one: keep one",
+        "d.yaml:7: custom: duplicate key (also at line 6); YAML would silently keep the last one: keep one"]
+    write(tmp_path, "child.yaml", "extends: d.yaml\n")
+    assert issues("child.yaml")[0].startswith("d.yaml:5: training.learning_rate: duplicate key")

@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from conftest import save_image
+from conftest import save_corrupt_png, save_image
 from swift_plugins.data.problems import (OptionNotImplementedError, Problem, RecordError, image_header_size,
                                          json_type, show_value)
 from swift_plugins.errors import UserError
@@ -115,3 +115,16 @@ def test_image_header_size_garbage_bytes_is_unreadable(tmp_path):
     assert p.message.startswith(f"cannot read the image header of {full}: UnidentifiedImageError: ")
     assert p.message.endswith(" (re-encode the image as JPEG or PNG)")
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_image_header_size_decodes_the_pixel_data_when_asked(tmp_path):
+    bad = save_corrupt_png(tmp_path / "bad.png", (40, 20))
+    assert image_header_size(str(bad), "/nowhere", "images[0]") == (40, 20)  # the header is fine
+    with pytest.raises(Problem) as info:
+        image_header_size(str(bad), "/nowhere", "images[0]", decode=True)
+    p = info.value
+    assert (p.kind, p.field) == ("image_undecodable", "images[0]")
+    assert p.message == (f"the pixel data of {bad} cannot be decoded: OSError: broken data stream when reading image "
+                         f"file (re-encode or replace the image, or drop the record)")
+    jpeg = save_image(tmp_path / "ok.jpg", (333, 97))  # decoded at 1/8 scale: the size is the stored one
+    assert image_header_size(str(jpeg), "/nowhere", "images[0]", decode=True) == (333, 97)

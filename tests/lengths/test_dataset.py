@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import GOOD, awkward_messages_records, msg, save_image, write_lines
+from conftest import GOOD, awkward_messages_records, msg, save_corrupt_png, save_image, write_lines
 from swift_plugins.data import RecordError, iter_records, record_kind, swift_row
 from swift_plugins.lengths import KIND_CODES, LengthCounter, count_dataset, messages_record_length
 from swift_plugins.lengths import dataset as dataset_mod
@@ -153,3 +153,23 @@ def test_bundled_messages_sample_counts_equal_template_encode(tiny_template, cou
         assert len(res) == len(records) == {"train": 40, "val": 10}[split]
         for (line, rec), total in zip(records, res.total_tokens.tolist()):
             assert len(tiny_template.encode(messages_to_swift_row(rec, base_dir=folder))["input_ids"]) == total, line
+
+
+def test_an_undecodable_image_is_a_bad_record_and_a_later_corruption_voids_the_cache(counter, tmp_path):
+    """Header fine, pixel data corrupt: path:line under raise, listed under skip (LVIS and messages alike)."""
+    save_image(tmp_path / "img.png", (40, 20))
+    save_corrupt_png(tmp_path / "bad.png", (40, 20))
+    path = write_lines(tmp_path, [GOOD, dict(GOOD, images=["bad.png"]), dict(ONE, images=["bad.png"])])
+    with pytest.raises(RecordError) as info:
+        count_dataset(path, counter)
+    assert (str(info.value).split(": ")[0], info.value.kind) == (f"{path}:2", "image_undecodable")
+    skipped = count_dataset(path, counter, on_error="skip", report_path=tmp_path / "skip.jsonl")
+    assert len(skipped) == 1 and skipped.summary.skipped_by_kind == {"image_undecodable": 2}
+    assert [(r["line"], r["kind"]) for r in map(json.loads, (tmp_path / "skip.jsonl").read_text().splitlines())] == [
+        (2, "image_undecodable"), (3, "image_undecodable")]
+    assert len(count_dataset(path, counter, check_images=False, on_error="skip")) == 3  # the opt-out: headers only
+    good = write_lines(tmp_path, [GOOD], name="good.jsonl")
+    assert len(count_dataset(good, counter, cache_dir=tmp_path / "cache")) == 1
+    save_corrupt_png(tmp_path / "img.png", (40, 20))  # the image breaks after it was counted
+    with pytest.raises(RecordError, match="cannot be decoded"):
+        count_dataset(good, counter, cache_dir=tmp_path / "cache")

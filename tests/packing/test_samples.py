@@ -77,3 +77,17 @@ def test_split_overlong_makes_the_pieces_training_makes_with_their_exact_lengths
     assert [s.line for s in tiny.unsplittable] == [1, 2, 3] and tiny.lines.tolist() == []
     with pytest.raises(RecordError, match=r"t.jsonl:1: objects\[0\]: object \"obj0\" alone makes a"):
         split_overlong(path, counter, options, counted.line, counted.total_tokens, 50)
+
+
+def test_nothing_left_to_pack_is_refused_with_the_shortest_sample(counter, sample_dir):
+    from swift_plugins.errors import UserError
+    from swift_plugins.packing.samples import build_sample_plan
+
+    path = str(sample_dir / "val.jsonl")
+    lengths = count_dataset(path, counter, ConversationOptions()).total_tokens
+    with pytest.raises(UserError) as info:
+        build_sample_plan(path, counter, ConversationOptions(), global_max_length=16)
+    assert str(info.value) == (
+        f"{path}: nothing left to pack ({len(lengths)} record(s) read): every one of the {len(lengths)} sample(s) is "
+        f"longer than global_max_length 16 (the shortest has {int(lengths.min())} tokens); raise "
+        f"training.global_max_length to at least {int(lengths.min())}")

@@ -143,3 +143,19 @@ def test_mixed_detection_and_messages_plan_accounts_for_every_record(packing_tem
                                         rf"global_max_length 4800: {messages}:6 \(4915 tokens\) \("):
         build_sample_plan(paths[1:], counter, ConversationOptions(), global_max_length=4800, overlong="error",
                           cache_dir=tmp_path / "cache")
+
+
+def test_an_image_broken_after_planning_names_its_record(packing_template, tmp_path):
+    """Planning decoded every image; one that breaks afterwards stops the pack with path:line, not a bare OSError."""
+    from conftest import make_lvis_jsonl, save_corrupt_png
+
+    data = make_lvis_jsonl(tmp_path / "d", 2)
+    counter = counter_from_template(packing_template)
+    sp = build_sample_plan(data, counter, ConversationOptions(), global_max_length=100000)
+    dataset = PackedDataset(sp, packing_template, ConversationOptions(), world_size=1, counter=counter)
+    assert [len(e["input_ids"]) for e in dataset[0]] == sp.lengths.tolist()
+    save_corrupt_png(tmp_path / "d" / "train1.png", (128, 96))  # record 2's image, same size, pixel data broken
+    with pytest.raises(UserError) as info:
+        dataset[0]
+    assert str(info.value) == (f"{data}:2: images: cannot be loaded (OSError: broken data stream when reading image "
+                               f"file) (re-encode or replace the image, or drop the record)")
