@@ -23,6 +23,7 @@ from typing import List, Mapping, Optional, Sequence
 
 from swift_plugins.config import (CLI_FLAGS, ConfigError, Issue, ResolvedConfig, export_flat, missing_paths,
                                   parse_cli, render_config, resolve_config, resolve_world_size, world_size_from_env)
+from swift_plugins.config.zero import cpu_deepspeed_issues
 from swift_plugins.errors import run_main
 from swift_plugins.packing.resume import check_resume_world_size
 
@@ -73,6 +74,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     world_size, world_size_source = resolve_world_size(cli.world_size, os.environ)
     resolved: ResolvedConfig = resolve_config(cli.config, cli.overrides, world_size=world_size,
                                               world_size_source=world_size_source)
+    issues = cpu_deepspeed_issues(resolved)  # what DeepSpeed on the CPU cannot do, before anything is written
+    if issues:
+        raise ConfigError(issues)
     if cli.print_config:
         print(render_config(resolved), end="")
     if cli.export_flat:
