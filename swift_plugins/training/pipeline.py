@@ -29,8 +29,9 @@ from swift_plugins.config.zero import CPU_DEEPSPEED_NOTE, is_cpu_deepspeed
 from swift_plugins.errors import UserError
 from swift_plugins.names import FIELD_PREFIX
 
-__all__ = ["SwiftpackSft", "SwiftpackSftArguments", "device_issues", "install_packing_hook", "options_from_args",
-           "packing_post_process", "prepare_cpu_deepspeed", "register_runtime", "register_sidecar", "run_resolved"]
+__all__ = ["SwiftpackSft", "SwiftpackSftArguments", "cpu_deepspeed_environment", "device_issues", "install_packing_hook",
+           "options_from_args", "packing_post_process", "prepare_cpu_deepspeed", "register_runtime", "register_sidecar",
+           "run_resolved"]
 
 # ms-swift's SftArguments plus one typed field per runtime option (swiftpack_packing,
 # swiftpack_global_max_length, ...), generated from the schema (type, default, help) so they cannot drift.
@@ -142,7 +143,7 @@ def register_sidecar(path: str) -> RuntimeOptions:
         raise UserError(f"{path}: exported for world_size {world_size} (gradient_accumulation_steps was derived "
                         f"from it) but this run has WORLD_SIZE {actual}; re-export with --world_size {actual}")
     if cpu_deepspeed:  # the plugin is imported before ms-swift builds its TrainingArguments: in time
-        prepare_cpu_deepspeed(os.environ)
+        prepare_cpu_deepspeed()
     register_runtime(options)
     if options.packing:
         install_packing_hook(options)
@@ -178,33 +179,57 @@ _DS_ACCELERATOR_FIX = ("is {!r} but training.use_cpu is true with DeepSpeed; uns
                        "training.use_cpu false on a GPU machine")
 
 
-def prepare_cpu_deepspeed(environ=os.environ) -> str:
-    """Set up DeepSpeed on the CPU in this process, before ms-swift builds its TrainingArguments;
-    returns the start-up line it logged.
+def cpu_deepspeed_environment(environ: Mapping[str, str], free_port: Callable[[], int]) -> dict:
+    """Environment variables a CPU DeepSpeed process sets (:func:`prepare_cpu_deepspeed`).
 
-    - ``DS_ACCELERATOR=cpu`` (DeepSpeed guesses cpu without CUDA; said explicitly, it is in the
-      environment of the run and a user's other value is refused);
-    - DeepSpeed's shared-memory all-reduce op is marked unavailable: it serves only
-      ``inference_all_reduce`` (inference tensor parallelism), never training, and DeepSpeed would
-      otherwise JIT-compile it with g++ in every fresh environment before the first step;
-    - under torchrun, ``deepspeed.comm.init_distributed`` over gloo: transformers' ZeRO-3
-      ``zero.Init`` reads the world size from ``deepspeed.comm`` while the model loads, and with only
-      accelerate's gloo group DeepSpeed would count one process (``train_batch_size 2 != 1 * 1 * 1``).
-      accelerate then finds the group initialised and keeps it.
+    ``DS_ACCELERATOR=cpu`` always (DeepSpeed guesses cpu without CUDA; said explicitly, a user's
+    other value is refused). One process without torchrun also gets a world of one
+    (``RANK``/``LOCAL_RANK`` 0, ``WORLD_SIZE`` 1, ``MASTER_ADDR`` 127.0.0.1, a free ``MASTER_PORT``):
+    DeepSpeed needs a process group even then, and without these variables it looks for MPI.
+
+    >>> cpu_deepspeed_environment({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}, lambda: 1234)
+    {'DS_ACCELERATOR': 'cpu'}
+    >>> cpu_deepspeed_environment({}, lambda: 1234)["MASTER_PORT"]
+    '1234'
     """
     if environ.get("DS_ACCELERATOR", "cpu") != "cpu":
         raise UserError("environment: DS_ACCELERATOR: " + _DS_ACCELERATOR_FIX.format(environ["DS_ACCELERATOR"]))
-    environ["DS_ACCELERATOR"] = "cpu"
+    out = {"DS_ACCELERATOR": "cpu"}
+    if "LOCAL_RANK" not in environ:
+        out.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare_cpu_deepspeed() -> str:
+    """Set up DeepSpeed on the CPU in this process, before ms-swift builds its TrainingArguments;
+    returns the start-up line it logged.
+
+    - the environment of :func:`cpu_deepspeed_environment` (``DS_ACCELERATOR=cpu``, ...);
+    - DeepSpeed's shared-memory all-reduce op is marked unavailable: it serves only
+      ``inference_all_reduce`` (inference tensor parallelism), never training, and DeepSpeed would
+      otherwise JIT-compile it with g++ in every fresh environment before the first step;
+    - ``deepspeed.comm.init_distributed`` over gloo: transformers' ZeRO-3 ``zero.Init`` reads the
+      world size from ``deepspeed.comm`` while the model loads, and with only accelerate's gloo group
+      DeepSpeed would count one process (``train_batch_size 2 != 1 * 1 * 1``). accelerate then finds
+      the group initialised and keeps it.
+    """
+    os.environ.update(cpu_deepspeed_environment(os.environ, _free_port))
     import deepspeed.comm
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    world_size = world_size_from_env(environ)
-    if world_size > 1:
-        deepspeed.comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
+    deepspeed.comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
     from swift.utils import get_logger
 
-    line = f"swiftpack deepspeed: {CPU_DEEPSPEED_NOTE}; world size {world_size}"
+    line = f"swiftpack deepspeed: {CPU_DEEPSPEED_NOTE}; world size {world_size_from_env(os.environ)}"
     get_logger().info(line)
     return line
 
@@ -215,7 +240,7 @@ def run_resolved(resolved: ResolvedConfig) -> dict:
 
     register_all()
     if is_cpu_deepspeed(resolved):
-        prepare_cpu_deepspeed(os.environ)
+        prepare_cpu_deepspeed()
     register_runtime(runtime_options(resolved))
     if resolved.attn_impl[1]:
         from swift.utils import get_logger

@@ -105,15 +105,13 @@ def test_device_issues_without_a_gpu(monkeypatch):
     assert device_issues(ddp, {}) == []
 
 
-def test_prepare_cpu_deepspeed_sets_the_accelerator_and_skips_the_inference_op():
-    import deepspeed.ops
+def test_cpu_deepspeed_environment_of_a_rank_and_of_one_process():
+    from swift_plugins.training.pipeline import cpu_deepspeed_environment
 
-    from swift_plugins.training.pipeline import prepare_cpu_deepspeed
-
-    environ = {}
-    line = prepare_cpu_deepspeed(environ)  # one process: no process group to set up
-    assert environ == {"DS_ACCELERATOR": "cpu"}
-    assert deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] is False
-    assert line == f"swiftpack deepspeed: {C.zero.CPU_DEEPSPEED_NOTE}; world size 1"
+    rank = {"LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2", "DS_ACCELERATOR": "cpu"}
+    assert cpu_deepspeed_environment(rank, lambda: 1 / 0) == {"DS_ACCELERATOR": "cpu"}  # torchrun set the rest
+    assert cpu_deepspeed_environment({}, lambda: 29123) == {  # no torchrun: a world of one, not MPI discovery
+        "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29123"}
     with pytest.raises(UserError, match=r"^environment: DS_ACCELERATOR: is 'cuda' but training.use_cpu is true"):
-        prepare_cpu_deepspeed({"DS_ACCELERATOR": "cuda"})
+        cpu_deepspeed_environment({"DS_ACCELERATOR": "cuda"}, lambda: 1)
