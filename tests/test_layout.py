@@ -142,7 +142,7 @@ def string_constants(name: str) -> list[tuple[str, int]]:
 def test_registered_names_and_env_reads_are_spelled_once():
     from swift_plugins import names
 
-    REGISTERED_NAMES = {v for k, v in vars(names).items() if k.isupper() and k != "FIELD_PREFIX"}
+    REGISTERED_NAMES = {v for k, v in vars(names).items() if k.isupper()}
     where: dict[str, list[str]] = {}
     for name in MODULES:
         for value, line in string_constants(name):
@@ -231,11 +231,11 @@ from swift.optimizers import optimizers_map
 from swift.template import TEMPLATE_MAPPING
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
-from swift_plugins.names import (CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, CALLBACK_PACKING, OPTIMIZER_NAME,
-                                 PACKING_TEMPLATE, VARLEN_ATTENTION)
+from swift_plugins.families import FAMILIES
+from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, OPTIMIZER_NAME, VARLEN_ATTENTION
 from swift_plugins.training import attention
-names = lambda: (PACKING_TEMPLATE in TEMPLATE_MAPPING, OPTIMIZER_NAME in optimizers_map,
-                 all(n in callbacks_map for n in (CALLBACK_DATA_ORDER, CALLBACK_PACKING, CALLBACK_EVAL_TOKEN_MEAN)),
+names = lambda: (all(f.packing_template in TEMPLATE_MAPPING for f in FAMILIES.values()), OPTIMIZER_NAME in optimizers_map,
+                 all(n in callbacks_map for n in (CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN)),
                  AttentionInterface._global_mapping.get(VARLEN_ATTENTION) is attention.varlen_attention_forward,
                  AttentionMaskInterface._global_mapping.get(VARLEN_ATTENTION) is attention.varlen_attention_mask)
 registries = lambda: (dict(callbacks_map), dict(optimizers_map), len(TEMPLATE_MAPPING),
@@ -252,16 +252,15 @@ print(before, names(), registries() == first)
                                                    "True")
 
 
-def test_swiftpack_argument_fields_carry_the_schema_help():
+def test_runtime_options_carry_the_schema_types_and_help():
     from swift_plugins.config.export import RuntimeOptions
     from swift_plugins.config.schema import OURS, SCHEMA_LEAVES
-    from swift_plugins.names import FIELD_PREFIX
-    from swift_plugins.training.pipeline import SwiftpackSftArguments
 
-    helps = {leaf.meta["name"]: leaf.meta["help"] for leaf in SCHEMA_LEAVES if leaf.meta["target"] == OURS}
-    fields = {f.name: f for f in dataclasses.fields(SwiftpackSftArguments)}
-    for option in dataclasses.fields(RuntimeOptions):
-        assert fields[FIELD_PREFIX + option.name].metadata["help"] == helps[option.name] != "", option.name
+    leaves = {leaf.meta["name"]: leaf for leaf in SCHEMA_LEAVES if leaf.meta["target"] == OURS}
+    fields = {f.name: f for f in dataclasses.fields(RuntimeOptions)}
+    assert sorted(fields) == sorted(leaves)
+    for name, leaf in leaves.items():
+        assert fields[name].type == leaf.type and fields[name].metadata["help"] == leaf.meta["help"] != "", name
 
 
 def repository_texts() -> list[str]:

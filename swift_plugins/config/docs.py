@@ -25,7 +25,7 @@ def _target_text(leaf: Leaf) -> str:
     if meta["target"] == SWIFT:
         return f"`--{meta['name']}`"
     if meta["target"] == OURS:
-        return f"ours: `swiftpack_{meta['name']}`"
+        return f"ours: `{meta['name']}`"
     return "derives gradient_accumulation_steps"
 
 

@@ -3,9 +3,10 @@
 Two ways a resolved config reaches ms-swift, with the same arguments::
 
     python -m swift_plugins.sft --config X         swift sft OUT.yaml   (after --export_flat OUT.yaml)
-      flat_swift_args(with_runtime_fields=True)       OUT.yaml = flat_swift_args(resolved)
-      -> argv with swiftpack_<option> fields          OUT.swiftpack.json = RuntimeOptions (sidecar)
-                                                      swiftpack_options_OUT.py: register_plugins(sidecar=...)
+      argv = flat_swift_args(resolved)                OUT.yaml = flat_swift_args(resolved)
+      options = runtime_options(resolved)             OUT.swiftpack.json = RuntimeOptions as JSON (sidecar)
+        handed to the pipeline as the object          swiftpack_options_OUT.py: register_plugins(sidecar=...)
+                                                      load_sidecar -> the same RuntimeOptions (tested)
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from swift_plugins.config.schema import OURS, SCHEMA_LEAVES, SWIFT
 from swift_plugins.config.zero import CPU_DEEPSPEED_NOTE, cpu_deepspeed, is_cpu_deepspeed
 from swift_plugins.data.conversation import ConversationOptions
 from swift_plugins.errors import UserError
+from swift_plugins.families import DEFAULT_FAMILY, FAMILIES, Family, family_of_model
 from swift_plugins.files import atomic_write_text
-from swift_plugins.names import (CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, CALLBACK_SAVE_DELAY, FIELD_PREFIX,
-                                 OPTIMIZER_NAME, PACKING_TEMPLATE)
+from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, OPTIMIZER_NAME
 
 __all__ = ["SIDECAR_FORMAT", "ExportedFiles", "RuntimeOptions", "export_flat", "flat_swift_args", "load_sidecar",
            "runtime_options", "swift_argv"]
@@ -39,8 +40,8 @@ def _runtime_fields() -> List[Tuple[str, Any, Any, str]]:
     return out
 
 
-# Our keys as one flat, frozen dataclass: what the entry point's args carry as swiftpack_<name>
-# fields and what a sidecar JSON holds. Generated from the schema (one source of truth), help included.
+# Our keys as one flat, frozen dataclass: what the entry point hands its pipeline and what a
+# sidecar JSON holds. Generated from the schema (one source of truth), help included.
 RuntimeOptions = dataclasses.make_dataclass(
     "RuntimeOptions", [(name, tp, field(default=default, metadata={"help": help_text}))
                        for name, tp, default, help_text in _runtime_fields()],
@@ -85,12 +86,44 @@ def load_sidecar(path: str) -> Tuple[Any, int, bool]:
     return RuntimeOptions(**data["options"]), int(data["world_size"]), bool(data.get("cpu_deepspeed", False))
 
 
-def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = False) -> Dict[str, Any]:
+def model_family(resolved: ResolvedConfig) -> Optional[Family]:
+    """The family of ``model.model`` when it is a local folder with a config.json (else None: a hub id,
+    or a folder not there yet; training then checks the loaded model against the template)."""
+    path = resolved.config.model.model
+    if path is None or not os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    return family_of_model(path)
+
+
+def _family_names(resolved: ResolvedConfig, family: Optional[Family]) -> Dict[str, str]:
+    """``model_type`` (when the config leaves it null) and, with packing, ``template`` for ms-swift."""
+    cfg = resolved.config
+    out = {}
+    if family is not None and cfg.model.model_type not in (None, family.swift_model_type):
+        source = resolved.sources.get("model.model_type", resolved.files[-1])
+        raise UserError(f"{source}: model.model_type: {cfg.model.model_type!r} but {cfg.model.model} is a "
+                        f"{family.title} checkpoint ({family.swift_model_type}); set model.model_type: null")
+    if family is not None:
+        out["model_type"] = family.swift_model_type
+    if cfg.training.packing:
+        chosen = cfg.template.template
+        packing_family = family or FAMILIES[DEFAULT_FAMILY]
+        if family is not None and chosen not in (None, family.template, family.packing_template):
+            source = resolved.sources.get("template.template", resolved.files[-1])
+            raise UserError(f"{source}: template.template: {chosen!r} is not the {family.title} template of "
+                            f"{cfg.model.model} (set template.template: null; packing uses "
+                            f"{family.packing_template!r})")
+        out["template"] = packing_family.packing_template
+    return out
+
+
+def flat_swift_args(resolved: ResolvedConfig) -> Dict[str, Any]:
     """ms-swift arguments (name -> YAML value) for ``swift sft``; None values are left out.
 
-    Always explicit: ``tuner_type``, ``check_model``, ``gradient_accumulation_steps``. Our keys are
-    not here (ms-swift rejects unknown arguments) unless ``with_runtime_fields`` (entry point args:
-    ``swiftpack_<name>`` fields of :class:`swift_plugins.training.pipeline.SwiftpackSftArguments`).
+    Always explicit: ``tuner_type``, ``check_model``, ``gradient_accumulation_steps``; ``model_type``
+    and, with packing, ``template`` come from the model's family (:func:`model_family`). Our keys are
+    not here (ms-swift rejects unknown arguments): the entry point hands them to its pipeline as a
+    :class:`RuntimeOptions`, a flat export writes them to the sidecar.
     """
     cfg = resolved.config
     out: Dict[str, Any] = {}
@@ -104,8 +137,8 @@ def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = Fal
             value = resolved.gradient_accumulation_steps
         if value is not None and value != []:  # ms-swift's list arguments take nargs="+"
             out[leaf.meta["name"]] = value
-    if cfg.training.packing:  # the packing template isolates packed samples (swift_plugins.training.template)
-        out["template"] = PACKING_TEMPLATE
+    out.update(_family_names(resolved, model_family(resolved)))
+    if cfg.training.packing:  # the family's packing template isolates packed samples (training/template.py)
         if resolved.attn_impl[0] is not None:  # sdpa -> swiftpack_varlen: no L x L mask (resolve.packed_attn_impl)
             out["attn_impl"] = resolved.attn_impl[0]
         # fresh dataloader workers each epoch see the epoch's pack order (persistent ones would not)
@@ -117,8 +150,6 @@ def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = Fal
         out["val_dataset"] = list(cfg.custom.val_jsonl)
     options = runtime_options(resolved)
     callbacks = []
-    if options.save_delay_steps > 0:
-        callbacks.append(CALLBACK_SAVE_DELAY)
     if options.log_data_order:
         callbacks.append(CALLBACK_DATA_ORDER)
     if cfg.custom.val_jsonl is not None:
@@ -130,11 +161,6 @@ def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = Fal
         out.update(derived)
     for name, value in cfg.swift.items():
         out[name] = value
-    if with_runtime_fields:
-        for f in dataclasses.fields(options):
-            value = getattr(options, f.name)
-            if value is not None:
-                out[FIELD_PREFIX + f.name] = value
     return out
 
 

@@ -112,6 +112,41 @@ def _round_clamp(v: float, hi: int) -> int:
     return min(hi, max(0, math.floor(v + 0.5)))
 
 
+class _ImageProblem(Exception):
+    """Why an image cannot be used: ``(field, message, kind)``, turned into a ConvertError by
+    :meth:`_Outcome.fail_image`."""
+
+
+class _Outcome:
+    """What converting one image produced: counts and problems, and the policy for bad input."""
+
+    def __init__(self, source: str, on_error: str):
+        self.source, self.on_error = source, on_error
+        self.counts: Counter = Counter()
+        self.problems: list[dict] = []
+
+    def result(self, record: Optional[dict] = None) -> dict:
+        return {"record": record, "counts": dict(self.counts), "problems": self.problems}
+
+    def fail_image(self, where: str, field: str, message: str, kind: str) -> dict:
+        """A bad image: raise, or (skip) a result that holds only this failure."""
+        err = ConvertError(self.source, where, field, message, kind)
+        if self.on_error == "raise":
+            raise err
+        self.counts.clear()  # a failed image contributes nothing but its failure
+        self.problems[:] = [err.to_dict()]
+        self.counts[f"images_failed.{kind}"] += 1
+        return self.result()
+
+    def drop_annotation(self, where: str, field: str, message: str, kind: str) -> None:
+        """A bad annotation: raise, or (skip) leave it out and report it."""
+        err = ConvertError(self.source, where, field, message, kind)
+        if self.on_error == "raise":
+            raise err
+        self.counts[f"annotations_dropped.{kind}"] += 1
+        self.problems.append(err.to_dict())
+
+
 def convert_image(info: dict, anns: list, categories: dict, opts: ConvertOptions, image_dir: str, out_dir: str,
                   source: str) -> dict:
     """One image -> ``{"record": record or None, "counts": Counter-like dict, "problems": [...]}``.
@@ -119,105 +154,109 @@ def convert_image(info: dict, anns: list, categories: dict, opts: ConvertOptions
     Raises ConvertError (on_error raise) for a bad image or annotation; with skip, a bad image
     gives record None + a problem, a bad annotation is dropped + a problem.
     """
-    counts: Counter = Counter()
-    problems: list[dict] = []
-    image_id = info["id"]
-    where = f"images[id={image_id}]"
-
-    def fail_image(field: str, message: str, kind: str):
-        err = ConvertError(source, where, field, message, kind)
-        if opts.on_error == "raise":
-            raise err
-        counts.clear()  # a failed image contributes nothing but its failure
-        problems[:] = [err.to_dict()]
-        counts[f"images_failed.{kind}"] += 1
-        return {"record": None, "counts": dict(counts), "problems": problems}
-
-    cands = _find_source(info, image_dir)
-    path = next((c for c in cands if os.path.isfile(c)), None)
-    if path is None:
-        return fail_image("file_name" if info.get("file_name") else "coco_url",
-                          f"image not found; tried {', '.join(cands) or 'nothing (no file_name or coco_url)'}",
-                          "image_missing")
-    from PIL import Image
+    out = _Outcome(source, opts.on_error)
+    where = f"images[id={info['id']}]"
     try:
-        with Image.open(path) as src:  # header only; pixels are decoded below if objects remain
-            w0, h0 = src.size
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-        return fail_image("file_name", f"cannot read {path}: {type(e).__name__}: {e}", "image_unreadable")
-    if (info.get("width"), info.get("height")) != (w0, h0):
-        return fail_image("width/height", f"the file is {w0}x{h0} but the instances file says "
-                          f"{info.get('width')}x{info.get('height')} (annotations would be in another frame)",
-                          "image_size_mismatch")
-    if max(w0, h0) > MAX_ASPECT_RATIO * min(w0, h0):
-        return fail_image("width/height", f"aspect ratio {max(w0, h0) / min(w0, h0):.1f} exceeds {MAX_ASPECT_RATIO} "
-                          "(Qwen-VL cannot resize it)", "aspect_ratio")
+        path, (w0, h0) = _check_source(info, image_dir)
+    except _ImageProblem as e:
+        return out.fail_image(where, *e.args)
     h1, w1 = smart_resize(h0, w0, opts.factor, opts.min_pixels, opts.max_pixels)
-    sx, sy = w1 / w0, h1 / h0
-
     objects = []
     for ann in anns:
-        awhere = f"annotations[id={ann.get('id')}]"
-
-        def drop_ann(field: str, message: str, kind: str):
-            err = ConvertError(source, awhere, field, message, kind)
-            if opts.on_error == "raise":
-                raise err
-            counts[f"annotations_dropped.{kind}"] += 1
-            problems.append(err.to_dict())
-
-        cat = categories.get(ann.get("category_id"))
-        if cat is None:
-            drop_ann("category_id", f"{ann.get('category_id')!r} is not in categories (fix the instances file)",
-                     "unknown_category")
-            continue
-        seg = ann.get("segmentation")
-        if not isinstance(seg, list) or not all(isinstance(p, list) for p in seg):
-            drop_ann("segmentation", "not a list of polygon parts (RLE masks are not supported; "
-                     "convert them to polygons first)", "not_polygons")
-            continue
-        desc = cat.replace("_", " ")
-        bad = next((k for k, p in enumerate(seg) if len(p) % 2 or not all(
-            type(v) in (int, float) and math.isfinite(v) for v in p)), None)
-        if bad is not None:
-            drop_ann(f"segmentation[{bad}]", "odd length or non-numeric values (fix the instances file)",
-                     "malformed_part")
-            continue
-        for part in seg:
-            n = len(part) // 2
-            if n < 3:
-                counts["parts_dropped.under_3_points"] += 1
-                continue
-            pts = [_round_clamp(v * (sx if i % 2 == 0 else sy), w1 if i % 2 == 0 else h1)
-                   for i, v in enumerate(part)]
-            if n > opts.max_poly_points:
-                xs, ys = pts[0::2], pts[1::2]
-                objects.append({"desc": desc, "bbox_2d": [min(xs), min(ys), max(xs), max(ys)]})
-                counts["parts_replaced_by_bbox"] += 1
-            else:
-                objects.append({"desc": desc, "poly": pts})
+        objects += _annotation_objects(ann, categories, (w1 / w0, h1 / h0), (w1, h1), opts.max_poly_points, out)
     if not objects:
-        counts["images_without_objects"] += 1
-        return {"record": None, "counts": dict(counts), "problems": problems}
-
+        out.counts["images_without_objects"] += 1
+        return out.result()
     try:
-        with Image.open(path) as src:
-            im = src.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - truncated / corrupt pixel data
-        return fail_image("file_name", f"cannot decode {path}: {type(e).__name__}: {e}", "image_unreadable")
-    if (w1, h1) != (w0, h0):
-        im = im.resize((w1, h1), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=opts.jpeg_quality)
-    atomic_write_bytes(os.path.join(out_dir, _image_name(image_id)), buf.getvalue())
-    record = {"images": [_image_name(image_id)], "width": w1, "height": h1, "objects": objects}
+        _write_resized(path, (w0, h0), (w1, h1), opts.jpeg_quality, os.path.join(out_dir, _image_name(info["id"])))
+    except _ImageProblem as e:
+        return out.fail_image(where, *e.args)
+    record = {"images": [_image_name(info["id"])], "width": w1, "height": h1, "objects": objects}
     try:  # self-check with the project's one validator
         validate_record(record, path=source, line=0, check_images=False)
     except RecordError as e:  # pragma: no cover - a converter bug, never bad input
         raise AssertionError(f"converter produced an invalid record for {where}: {e}") from e
-    counts["records"] += 1
-    counts["objects"] += len(objects)
-    return {"record": record, "counts": dict(counts), "problems": problems}
+    out.counts["records"] += 1
+    out.counts["objects"] += len(objects)
+    return out.result(record)
+
+
+def _check_source(info: dict, image_dir: str) -> tuple[str, tuple[int, int]]:
+    """``(path, (w, h))`` of the image's source file, read from its header; raises
+    :class:`_ImageProblem` when it cannot be used (missing, unreadable, size mismatch, aspect ratio)."""
+    cands = _find_source(info, image_dir)
+    path = next((c for c in cands if os.path.isfile(c)), None)
+    if path is None:
+        raise _ImageProblem("file_name" if info.get("file_name") else "coco_url",
+                            f"image not found; tried {', '.join(cands) or 'nothing (no file_name or coco_url)'}",
+                            "image_missing")
+    from PIL import Image
+    try:
+        with Image.open(path) as src:  # header only; pixels are decoded once objects remain
+            w0, h0 = src.size
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        raise _ImageProblem("file_name", f"cannot read {path}: {type(e).__name__}: {e}", "image_unreadable") from e
+    if (info.get("width"), info.get("height")) != (w0, h0):
+        raise _ImageProblem("width/height", f"the file is {w0}x{h0} but the instances file says "
+                            f"{info.get('width')}x{info.get('height')} (annotations would be in another frame)",
+                            "image_size_mismatch")
+    if max(w0, h0) > MAX_ASPECT_RATIO * min(w0, h0):
+        raise _ImageProblem("width/height", f"aspect ratio {max(w0, h0) / min(w0, h0):.1f} exceeds "
+                            f"{MAX_ASPECT_RATIO} (Qwen-VL cannot resize it)", "aspect_ratio")
+    return path, (w0, h0)
+
+
+def _annotation_objects(ann: dict, categories: dict, scale: tuple, size: tuple, max_poly_points: int,
+                        out: _Outcome) -> list[dict]:
+    """The objects of one annotation (one per polygon part), mapped by ``scale`` and clamped to
+    ``size``; a bad annotation gives none (``out`` raises or reports it)."""
+    where = f"annotations[id={ann.get('id')}]"
+    cat = categories.get(ann.get("category_id"))
+    if cat is None:
+        out.drop_annotation(where, "category_id", f"{ann.get('category_id')!r} is not in categories (fix the "
+                            "instances file)", "unknown_category")
+        return []
+    seg = ann.get("segmentation")
+    if not isinstance(seg, list) or not all(isinstance(p, list) for p in seg):
+        out.drop_annotation(where, "segmentation", "not a list of polygon parts (RLE masks are not supported; "
+                            "convert them to polygons first)", "not_polygons")
+        return []
+    bad = next((k for k, p in enumerate(seg) if len(p) % 2 or not all(
+        type(v) in (int, float) and math.isfinite(v) for v in p)), None)
+    if bad is not None:
+        out.drop_annotation(where, f"segmentation[{bad}]", "odd length or non-numeric values (fix the instances "
+                            "file)", "malformed_part")
+        return []
+    desc, (sx, sy), (w1, h1) = cat.replace("_", " "), scale, size
+    objects = []
+    for part in seg:
+        if len(part) // 2 < 3:
+            out.counts["parts_dropped.under_3_points"] += 1
+            continue
+        pts = [_round_clamp(v * (sx if i % 2 == 0 else sy), w1 if i % 2 == 0 else h1) for i, v in enumerate(part)]
+        if len(part) // 2 > max_poly_points:
+            xs, ys = pts[0::2], pts[1::2]
+            objects.append({"desc": desc, "bbox_2d": [min(xs), min(ys), max(xs), max(ys)]})
+            out.counts["parts_replaced_by_bbox"] += 1
+        else:
+            objects.append({"desc": desc, "poly": pts})
+    return objects
+
+
+def _write_resized(path: str, size0: tuple, size1: tuple, quality: int, dest: str) -> None:
+    """Decode, resize and write the JPEG atomically; :class:`_ImageProblem` if the pixels
+    cannot be decoded."""
+    from PIL import Image
+    try:
+        with Image.open(path) as src:
+            im = src.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - truncated / corrupt pixel data
+        raise _ImageProblem("file_name", f"cannot decode {path}: {type(e).__name__}: {e}", "image_unreadable") from e
+    if size1 != size0:
+        im = im.resize(size1, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    atomic_write_bytes(dest, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------ shards
@@ -256,40 +295,59 @@ def convert_lvis(instances: str, image_dir: str, out_dir: str, *, split: str = "
     """Convert; return the summary dict (also written to ``OUT/<split>.convert_summary.json``)."""
     opts = options or ConvertOptions()
     instances = os.fspath(instances)
+    infos, anns_by_image, categories = _load_instances(instances)
+    work = os.path.join(out_dir, f".work_{split}")
+    _check_work_folder(work, {"options": asdict(opts), "instances": os.path.abspath(instances),
+                              "image_dir": os.path.abspath(image_dir), "num_images": len(infos)})
+    shards = [infos[i:i + opts.shard_size] for i in range(0, len(infos), opts.shard_size)]
+    todo = [k for k, s in enumerate(shards) if _shard_done(work, out_dir, k, [i["id"] for i in s]) is None]
+    skipped_done = len(infos) - sum(len(shards[k]) for k in todo)
+    tasks = [(k, shards[k], {i["id"]: anns_by_image.get(i["id"], []) for i in shards[k]}, categories, opts,
+              image_dir, out_dir, work, instances) for k in todo]
+    _run_tasks(tasks, num_workers, total=len(infos), initial=skipped_done, desc=f"convert {split}",
+               progress=progress)
+    counts, problems, lines = _merge_shards(work, out_dir, shards)
+    summary = _summary(counts, instances, split, out_dir, len(infos), skipped_done, opts)
+    atomic_write_text(os.path.join(out_dir, f"{split}.jsonl"), "".join(lines))
+    atomic_write_text(os.path.join(out_dir, f"{split}.convert_report.jsonl"),
+                      "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems))
+    atomic_write_text(os.path.join(out_dir, f"{split}.convert_summary.json"), json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _load_instances(instances: str) -> tuple[list, dict, dict]:
+    """(images sorted by id, image id -> annotations sorted by id, category id -> name)."""
     with open(instances, encoding="utf-8") as f:
         data = json.load(f)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ConvertError(instances, "<file>", key, "missing or not a list (give an LVIS v1 instances JSON)",
                                "bad_instances")
-    categories = {c["id"]: c["name"] for c in data["categories"]}
-    infos = sorted(data["images"], key=lambda i: i["id"])
     anns_by_image: dict[Any, list] = defaultdict(list)
     for ann in sorted(data["annotations"], key=lambda a: a.get("id", 0)):
         anns_by_image[ann.get("image_id")].append(ann)
-    del data
+    categories = {c["id"]: c["name"] for c in data["categories"]}
+    return sorted(data["images"], key=lambda i: i["id"]), anns_by_image, categories
 
-    work = os.path.join(out_dir, f".work_{split}")
+
+def _check_work_folder(work: str, fingerprint: dict) -> None:
+    """Create the restart folder with the run's fingerprint, or refuse one made with other inputs."""
     os.makedirs(work, exist_ok=True)
-    fingerprint = {"options": asdict(opts), "instances": os.path.abspath(instances),
-                   "image_dir": os.path.abspath(image_dir), "num_images": len(infos)}
     fp_path = os.path.join(work, "options.json")
-    if os.path.exists(fp_path):
-        with open(fp_path, encoding="utf-8") as f:
-            old = json.load(f)
-        if old != fingerprint:
-            raise UserError(f"{work}: made by a run with other inputs or options ({old}); "
-                             f"delete {work} to start over, or rerun with the same options")
-    else:
+    if not os.path.exists(fp_path):
         atomic_write_text(fp_path, json.dumps(fingerprint, indent=1))
+        return
+    with open(fp_path, encoding="utf-8") as f:
+        old = json.load(f)
+    if old != fingerprint:
+        raise UserError(f"{work}: made by a run with other inputs or options ({old}); "
+                        f"delete {work} to start over, or rerun with the same options")
 
-    shards = [infos[i:i + opts.shard_size] for i in range(0, len(infos), opts.shard_size)]
-    todo = [k for k, s in enumerate(shards) if _shard_done(work, out_dir, k, [i["id"] for i in s]) is None]
-    skipped_done = len(infos) - sum(len(shards[k]) for k in todo)
-    tasks = [(k, shards[k], {i["id"]: anns_by_image.get(i["id"], []) for i in shards[k]}, categories, opts,
-              image_dir, out_dir, work, instances) for k in todo]
+
+def _run_tasks(tasks: list, num_workers: int, *, total: int, initial: int, desc: str, progress: bool) -> None:
+    """Convert the shards still to do, in a process pool when ``num_workers > 1``."""
     from tqdm import tqdm
-    bar = tqdm(total=len(infos), initial=skipped_done, desc=f"convert {split}", unit="img", disable=not progress)
+    bar = tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not progress)
     try:
         if num_workers and num_workers > 1 and len(tasks) > 1:
             import multiprocessing
@@ -302,24 +360,33 @@ def convert_lvis(instances: str, image_dir: str, out_dir: str, *, split: str = "
     finally:
         bar.close()
 
+
+def _merge_shards(work: str, out_dir: str, shards: list) -> tuple[Counter, list, list]:
+    """Every shard in order: (counts, problems, record lines); shards with failed images are
+    merged too (and retried by the next run)."""
     counts: Counter = Counter()
     problems, lines = [], []
     for k, s in enumerate(shards):
         shard = _shard_done(work, out_dir, k, [i["id"] for i in s])
-        if shard is None:  # has failed images (skip policy): still merged, retried next run
+        if shard is None:  # has failed images (skip policy)
             with open(_shard_path(work, k), encoding="utf-8") as f:
                 shard = json.load(f)
         counts.update(shard["counts"])
         problems += shard["problems"]
         lines += [dump_record(r) for r in shard["records"]]
+    return counts, problems, lines
 
+
+def _summary(counts: Counter, instances: str, split: str, out_dir: str, images_in: int, skipped_done: int,
+             opts: ConvertOptions) -> dict:
+    """The summary, after checking images_in = records + without objects + failed."""
     def group(prefix: str) -> dict:
         return {k[len(prefix):]: v for k, v in sorted(counts.items()) if k.startswith(prefix)}
 
     summary = {
         "instances": instances, "split": split, "out_jsonl": os.path.join(out_dir, f"{split}.jsonl"),
-        "images_in": len(infos),
-        "images_processed_this_run": len(infos) - skipped_done,
+        "images_in": images_in,
+        "images_processed_this_run": images_in - skipped_done,
         "images_skipped_done": skipped_done,
         "records": counts["records"],
         "images_without_objects": counts["images_without_objects"],
@@ -331,12 +398,8 @@ def convert_lvis(instances: str, image_dir: str, out_dir: str, *, split: str = "
         "options": asdict(opts),
     }
     accounted = summary["records"] + summary["images_without_objects"] + sum(summary["images_failed"].values())
-    if accounted != len(infos):  # pragma: no cover - bookkeeping bug guard
-        raise AssertionError(f"images_in {len(infos)} != records + without objects + failed = {accounted}")
-    atomic_write_text(os.path.join(out_dir, f"{split}.jsonl"), "".join(lines))
-    atomic_write_text(os.path.join(out_dir, f"{split}.convert_report.jsonl"),
-                      "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems))
-    atomic_write_text(os.path.join(out_dir, f"{split}.convert_summary.json"), json.dumps(summary, indent=1) + "\n")
+    if accounted != images_in:  # pragma: no cover - bookkeeping bug guard
+        raise AssertionError(f"images_in {images_in} != records + without objects + failed = {accounted}")
     return summary
 
 

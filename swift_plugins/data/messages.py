@@ -44,7 +44,7 @@ from swift_plugins.data.image_size import MAX_ASPECT_RATIO
 from swift_plugins.data.problems import Problem, RecordError, image_header_size, show_value
 
 __all__ = ["IMAGE_TAG", "MESSAGE_ROLES", "RESERVED_TEXTS", "check_messages_record", "image_paths",
-           "messages_image_sizes", "messages_to_swift_row", "split_image_tags"]
+           "messages_image_sizes", "messages_to_swift_row"]
 
 IMAGE_TAG = "<image>"
 MESSAGE_ROLES = ("system", "user", "assistant")
@@ -78,11 +78,6 @@ USER_PLACEHOLDERS = ("{{ROUND0}}", "{{ROUND1}}")
 # ms-swift's Template._replace_image_tags: in a row without images, <img>path</img> becomes <image>.
 _IMG_ELEMENT = re.compile(r"<img>(.+?)</img>")
 _REMOTE_PREFIXES = ("http://", "https://", "data:", "file://")
-
-
-def split_image_tags(text: str) -> list[str]:
-    """The text pieces around ``<image>`` tags: ``"a<image>b<image>"`` -> ``["a", "b", ""]``."""
-    return text.split(IMAGE_TAG)
 
 
 def image_paths(record: dict, base_dir) -> list[str]:

@@ -212,7 +212,11 @@ def main_sample(argv: Optional[list] = None) -> int:
 # ------------------------------------------------------------------------------ full synthetic
 def make_synthetic_lvis(out_dir=DEFAULT_SYNTHETIC_DIR, *, num_records: int = 99_388, seed: int = 0,
                         chunk: int = 4096) -> dict:
-    """Write ``out_dir/train.jsonl`` (no images) and ``out_dir/stats.json``; return the stats."""
+    """Write ``out_dir/train.jsonl`` (no images) and ``out_dir/stats.json``; return the stats.
+
+    Deterministic for a seed (and ``chunk``): sizes come from ``random.Random``, objects from one
+    numpy Generator, drawn chunk by chunk in a fixed order.
+    """
     import numpy as np
     out = Path(out_dir)
     rng = random.Random(f"synthetic:{seed}")
@@ -224,60 +228,73 @@ def make_synthetic_lvis(out_dir=DEFAULT_SYNTHETIC_DIR, *, num_records: int = 99_
     t0 = time.perf_counter()
     with atomic_open(out / "train.jsonl", "w", encoding="utf-8") as f:
         for start in range(0, num_records, chunk):
-            m = min(chunk, num_records - start)
-            sizes = [_stored_size(rng) for _ in range(m)]
-            counts = np.clip(np.rint(nrng.lognormal(COUNT_MU, COUNT_SIGMA, m)), 1, COUNT_MAX).astype(np.int64)
-            n = int(counts.sum())
-            rec_of = np.repeat(np.arange(m), counts)
-            W = np.array([s[0] for s in sizes])[rec_of]
-            H = np.array([s[1] for s in sizes])[rec_of]
-            mins = np.minimum(W, H)
-            # object radius: log-uniform 1.5% .. 35% of the short side, at least 2 px
-            r = np.maximum(2.0, mins * np.exp(nrng.uniform(np.log(0.015), np.log(0.35), n)))
-            rx, ry = np.minimum(r, W / 2), np.minimum(r * nrng.uniform(0.5, 1.0, n), H / 2)
-            cx = rx + nrng.random(n) * (W - 2 * rx)
-            cy = ry + nrng.random(n) * (H - 2 * ry)
-            is_box = nrng.random(n) < BBOX_FRACTION
-            npts = 3 + nrng.binomial(17, 0.35, n)
-            npts[is_box] = 0
-            cats = nrng.choice(len(cat_names), size=n, p=cat_p)
-            # all polygon points of the chunk at once
-            obj_of_pt = np.repeat(np.arange(n), npts)
-            k = np.arange(obj_of_pt.size) - np.repeat(np.cumsum(npts) - npts, npts)
-            ang = (nrng.uniform(0, 2 * np.pi, n)[obj_of_pt]
-                   + 2 * np.pi * (k + nrng.uniform(-0.3, 0.3, k.size)) / npts[obj_of_pt])
-            rad = nrng.uniform(0.6, 1.0, k.size)
-            px = np.clip(np.rint(cx[obj_of_pt] + rad * rx[obj_of_pt] * np.cos(ang)), 0, W[obj_of_pt])
-            py = np.clip(np.rint(cy[obj_of_pt] + rad * ry[obj_of_pt] * np.sin(ang)), 0, H[obj_of_pt])
-            flat = np.empty(2 * k.size, dtype=np.int64)
-            flat[0::2], flat[1::2] = px, py
-            flat = flat.tolist()
-            boxes = np.stack([np.clip(np.rint(cx - rx), 0, W), np.clip(np.rint(cy - ry), 0, H),
-                              np.clip(np.rint(cx + rx), 0, W), np.clip(np.rint(cy + ry), 0, H)], 1)
-            boxes = boxes.astype(np.int64).tolist()
-            offs = (2 * (np.cumsum(npts) - npts)).tolist()
-            npts_l, is_box_l, cats_l = npts.tolist(), is_box.tolist(), cats.tolist()
-            o = 0
-            for i in range(m):
-                objs = []
-                for j in range(o, o + int(counts[i])):
-                    if is_box_l[j]:
-                        objs.append({"desc": cat_names[cats_l[j]], "bbox_2d": boxes[j]})
-                    else:
-                        objs.append({"desc": cat_names[cats_l[j]], "poly": flat[offs[j]:offs[j] + 2 * npts_l[j]]})
-                o += int(counts[i])
+            sizes = [_stored_size(rng) for _ in range(min(chunk, num_records - start))]
+            c = _chunk_objects(nrng, sizes, cat_p)
+            for i, objs in enumerate(_record_objects(c, cat_names)):
                 w, h = sizes[i]
                 f.write(dump_record({"images": [f"images/{start + i:012d}.jpg"], "width": w, "height": h,
                                      "objects": objs}))
-            counts_all += counts.tolist()
-            nbox += int(is_box.sum())
-            npoly += n - int(is_box.sum())
-            points += int(npts.sum())
+            counts_all += c["counts"]
+            nbox += sum(c["is_box"])
+            npoly += len(c["is_box"]) - sum(c["is_box"])
+            points += sum(c["npts"])
     stats = object_count_stats(counts_all)
     stats.update({"seed": seed, "polygons": npoly, "bboxes": nbox, "mean_points_per_polygon": round(points / npoly, 3),
                   "seconds": round(time.perf_counter() - t0, 2), "path": str(out / "train.jsonl")})
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
     return stats
+
+
+def _chunk_objects(nrng, sizes: list, cat_p) -> dict:
+    """The objects of one chunk of records (stored ``sizes``), all drawn at once from ``nrng``:
+    per record ``counts``; per object ``is_box``, ``npts`` (0 for a box), ``cats``, ``boxes`` and
+    its polygon points at ``flat[offs[j]:offs[j] + 2 * npts[j]]``; plain lists."""
+    import numpy as np
+    m = len(sizes)
+    counts = np.clip(np.rint(nrng.lognormal(COUNT_MU, COUNT_SIGMA, m)), 1, COUNT_MAX).astype(np.int64)
+    n = int(counts.sum())
+    rec_of = np.repeat(np.arange(m), counts)
+    W = np.array([s[0] for s in sizes])[rec_of]
+    H = np.array([s[1] for s in sizes])[rec_of]
+    mins = np.minimum(W, H)
+    # object radius: log-uniform 1.5% .. 35% of the short side, at least 2 px
+    r = np.maximum(2.0, mins * np.exp(nrng.uniform(np.log(0.015), np.log(0.35), n)))
+    rx, ry = np.minimum(r, W / 2), np.minimum(r * nrng.uniform(0.5, 1.0, n), H / 2)
+    cx = rx + nrng.random(n) * (W - 2 * rx)
+    cy = ry + nrng.random(n) * (H - 2 * ry)
+    is_box = nrng.random(n) < BBOX_FRACTION
+    npts = 3 + nrng.binomial(17, 0.35, n)
+    npts[is_box] = 0
+    cats = nrng.choice(len(cat_p), size=n, p=cat_p)
+    # all polygon points of the chunk at once
+    obj_of_pt = np.repeat(np.arange(n), npts)
+    k = np.arange(obj_of_pt.size) - np.repeat(np.cumsum(npts) - npts, npts)
+    ang = (nrng.uniform(0, 2 * np.pi, n)[obj_of_pt]
+           + 2 * np.pi * (k + nrng.uniform(-0.3, 0.3, k.size)) / npts[obj_of_pt])
+    rad = nrng.uniform(0.6, 1.0, k.size)
+    flat = np.empty(2 * k.size, dtype=np.int64)
+    flat[0::2] = np.clip(np.rint(cx[obj_of_pt] + rad * rx[obj_of_pt] * np.cos(ang)), 0, W[obj_of_pt])
+    flat[1::2] = np.clip(np.rint(cy[obj_of_pt] + rad * ry[obj_of_pt] * np.sin(ang)), 0, H[obj_of_pt])
+    boxes = np.stack([np.clip(np.rint(cx - rx), 0, W), np.clip(np.rint(cy - ry), 0, H),
+                      np.clip(np.rint(cx + rx), 0, W), np.clip(np.rint(cy + ry), 0, H)], 1)
+    return {"counts": counts.tolist(), "is_box": is_box.tolist(), "npts": npts.tolist(), "cats": cats.tolist(),
+            "boxes": boxes.astype(np.int64).tolist(), "flat": flat.tolist(),
+            "offs": (2 * (np.cumsum(npts) - npts)).tolist()}
+
+
+def _record_objects(c: dict, cat_names: list):
+    """Yield each record's object list from :func:`_chunk_objects`' arrays."""
+    o = 0
+    flat, offs, npts = c["flat"], c["offs"], c["npts"]
+    for count in c["counts"]:
+        objs = []
+        for j in range(o, o + count):
+            if c["is_box"][j]:
+                objs.append({"desc": cat_names[c["cats"][j]], "bbox_2d": c["boxes"][j]})
+            else:
+                objs.append({"desc": cat_names[c["cats"][j]], "poly": flat[offs[j]:offs[j] + 2 * npts[j]]})
+        o += count
+        yield objs
 
 
 def main_synthetic(argv: Optional[list] = None) -> int:

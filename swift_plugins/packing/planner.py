@@ -29,28 +29,13 @@ after its 3) and 5 (the 5's); ffd takes the first that fits, the 8's, bfd the fu
 6's. "Longest first" is the order ``(-length, index)``: samples of equal length go by
 index. ``max_samples_per_pack`` closes a pack when it reaches the cap, for every strategy.
 
-Why ``"ffd"`` is the default. The two make the same number of packs on the benchmark
-(``bench/bench_packing.py``, 99,388 LVIS-like lengths, docs/benchmarks.md), on or next to
-the L1 bound ``ceil(sum / max_length)``; planned in windows of 256 samples they differ by
-one pack either way:
-
-    max_length               12,000   20,000   24,000
-    L1 bound                 10,326    6,401    5,374
-    ffd                      10,327    6,402    5,374
-    bfd                      10,327    6,402    5,374
-    ffd, buffer 256          10,526    6,601    5,584
-    bfd, buffer 256          10,526    6,600    5,585
-
-and the same counts again with buffer 256, min_fill_ratio 0.7, drop_last (the LVIS
-configs') and with buffer 1000, min_fill_ratio 0.9. A tie, so the faster one: over three
-benchmark runs bfd took 0.88-1.73x ffd's time on the whole set (longer in 8 of 9) and
-1.29-2.33x in every windowed configuration (bfd's Python work is per run of equal
-lengths, and a window of 256 samples has almost no repeated lengths to share it). At 10M
-samples (``--scale``) it turns: bfd took 0.69-1.39x ffd's time (less in 5 of 6), but this
-project plans about 100k samples. Neither packs better in general: ``[12, 8, 5, 3, 2, 2]``
-at ``max_length=16`` takes ffd 3 packs and bfd 2, ``[11, 6, 6, 3, 2, 2, 2]`` ffd 2 and
-bfd 3 (both worked in ``tests/packing/test_strategies.py``); both have the asymptotic worst case
-11/9 OPT.
+Why ``"ffd"`` is the default: on the planner benchmark (99,388 LVIS-like lengths at 12k, 20k
+and 24k, with and without windows) ffd and bfd make the same number of packs, on or one pack
+over the L1 bound ``ceil(sum / max_length)``, and ffd plans faster at this project's scale
+(about 100k samples); the measured counts and times are in docs/benchmarks.md, "ffd against
+bfd, and the default". Neither packs better in general: ``[12, 8, 5, 3, 2, 2]`` at
+``max_length=16`` takes ffd 3 packs and bfd 2, ``[11, 6, 6, 3, 2, 2, 2]`` ffd 2 and bfd 3 (both
+worked in ``tests/packing/test_strategies.py``); both have the asymptotic worst case 11/9 OPT.
 
 How ``ffd`` and ``bfd`` run fast in Python: :mod:`swift_plugins.packing.strategies`.
 
@@ -98,7 +83,7 @@ import math
 import numbers
 import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -311,7 +296,10 @@ def plan_packs(lengths: Sequence[int] | np.ndarray, max_length: int, *, strategy
                overlong: str = "drop", max_samples_per_pack: int | None = None) -> PackPlan:
     """Plan packs of sample indices whose lengths sum to at most ``max_length``.
 
-    See the module docstring for strategies, controls and worked examples.
+    See the module docstring for strategies, controls and worked examples. Steps: validate,
+    decide what cannot be packed (:func:`_unpackable`), plan window by window carrying
+    underfilled packs (:func:`_plan_windows`), then keep or drop the underfilled packs left and
+    shuffle the pack order (:func:`_assemble`).
 
     Raises ValueError (all problems at once) for invalid arguments, and for samples longer
     than ``max_length`` when ``overlong="error"``.
@@ -319,86 +307,15 @@ def plan_packs(lengths: Sequence[int] | np.ndarray, max_length: int, *, strategy
     lens = _validate(lengths, max_length, strategy, seed, buffer_size, min_fill_ratio, drop_last, overlong,
                      max_samples_per_pack)
     C = int(max_length)
-    n = len(lens)
     ratio = float(min_fill_ratio)
     cap = None if max_samples_per_pack is None else int(max_samples_per_pack)
-    over = np.flatnonzero(lens > C)
-    if overlong == "error" and len(over):
-        shown = ", ".join(f"index {i} ({lens[i]} tokens)" for i in over[:10].tolist())
-        more = f" and {len(over) - 10} more" if len(over) > 10 else ""
-        raise ValueError(
-            f"{len(over)} sample(s) longer than max_length {C}: {shown}{more}. Raise max_length, or use "
-            f"overlong='split' in the data layer (or overlong='drop' to drop and report them)")
-    reasons: dict[int, str] = {}
-    for i in over.tolist():
-        reasons[i] = f"overlong: {int(lens[i])} > max_length {C}"
-    for i in np.flatnonzero(lens == 0).tolist():
-        reasons[i] = "empty: length 0"
-    valid = (lens > 0) & (lens <= C)
-
+    reasons = _unpackable(lens, C, overlong)
     plan_rng, shuffle_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    # At most `window` samples are carried, so one window plans at most 2 * buffer_size samples.
-    window = n if buffer_size is None else int(buffer_size)
-    flat_parts: list[np.ndarray] = []    # finalised packs, as flat index arrays + sizes
-    size_parts: list[np.ndarray] = []
-    under_packs: list[np.ndarray] = []   # finalised underfilled packs
-    carry = np.zeros(0, np.int64)
-    starts = range(0, n, window) if n else [0]
-    for a in starts:
-        b = min(a + window, n)
-        new = np.arange(a, b, dtype=np.int64)[valid[a:b]]
-        cand = np.concatenate((carry, new)) if len(carry) else new
-        if len(cand) == 0:
-            continue
-        pack_of, npk = plan_window(lens[cand], strategy, cap, C, plan_rng)
-        flat, offsets = _group(cand, pack_of, npk)
-        sizes = np.diff(offsets)
-        if ratio > 0.0:
-            tokens = np.add.reduceat(lens[flat], offsets[:-1])
-            under = tokens / C < ratio
-        else:
-            under = np.zeros(npk, bool)
-        if not under.any():
-            flat_parts.append(flat)
-            size_parts.append(sizes)
-            carry = np.zeros(0, np.int64)
-            continue
-        keep_mask = np.repeat(~under, sizes)
-        flat_parts.append(flat[keep_mask])
-        size_parts.append(sizes[~under])
-        ui = np.flatnonzero(under)
-        u_packs = [flat[offsets[j]:offsets[j + 1]] for j in ui.tolist()]
-        if b >= n:
-            under_packs.extend(u_packs)
-            carry = np.zeros(0, np.int64)
-            continue
-        # hold back, oldest (smallest first index) evicted first while over the carry limit
-        u_packs.sort(key=lambda p: int(p[0]))
-        total = sum(len(p) for p in u_packs)
-        j = 0
-        while total > window:
-            total -= len(u_packs[j])
-            j += 1
-        under_packs.extend(u_packs[:j])
-        rest = u_packs[j:]
-        carry = np.sort(np.concatenate(rest)) if rest else np.zeros(0, np.int64)
-
-    flat_all = np.concatenate(flat_parts).tolist() if flat_parts else []
-    size_all = np.concatenate(size_parts).tolist() if size_parts else []
-    packs: list[list[int]] = []
-    pos = 0
-    for s in size_all:
-        packs.append(flat_all[pos:pos + s])
-        pos += s
-    for p in under_packs:
-        if drop_last:
-            r = _underfill_reason(int(lens[p].sum()), C, ratio)
-            for i in p.tolist():
-                reasons[i] = r
-        else:
-            packs.append(p.tolist())
-    perm = shuffle_rng.permutation(len(packs)).tolist()
-    packs = [packs[k] for k in perm]
+    window = len(lens) if buffer_size is None else int(buffer_size)
+    valid = (lens > 0) & (lens <= C)
+    packs, under_packs = _plan_windows(lens, valid, window, C, ratio, lambda L: plan_window(L, strategy, cap, C,
+                                                                                            plan_rng))
+    packs = _assemble(packs, under_packs, lens, C, ratio, drop_last, reasons, shuffle_rng)
     dropped = sorted(reasons)
     return PackPlan(
         packs=packs,
@@ -406,7 +323,97 @@ def plan_packs(lengths: Sequence[int] | np.ndarray, max_length: int, *, strategy
         drop_reasons={i: reasons[i] for i in dropped},
         max_length=C,
         strategy=strategy,
-        num_samples=n,
+        num_samples=len(lens),
         options={"seed": int(seed), "buffer_size": None if buffer_size is None else window, "min_fill_ratio": ratio,
                  "drop_last": bool(drop_last), "overlong": overlong, "max_samples_per_pack": cap},
     )
+
+
+def _unpackable(lens: np.ndarray, C: int, overlong: str) -> dict[int, str]:
+    """index -> reason for the samples no pack can hold: longer than ``C`` or empty.
+
+    >>> _unpackable(np.array([3, 12, 0]), 10, "drop")
+    {1: 'overlong: 12 > max_length 10', 2: 'empty: length 0'}
+    """
+    over = np.flatnonzero(lens > C)
+    if overlong == "error" and len(over):
+        shown = ", ".join(f"index {i} ({lens[i]} tokens)" for i in over[:10].tolist())
+        more = f" and {len(over) - 10} more" if len(over) > 10 else ""
+        raise ValueError(
+            f"{len(over)} sample(s) longer than max_length {C}: {shown}{more}. Raise max_length, or use "
+            f"overlong='split' in the data layer (or overlong='drop' to drop and report them)")
+    reasons = {i: f"overlong: {int(lens[i])} > max_length {C}" for i in over.tolist()}
+    reasons.update({i: "empty: length 0" for i in np.flatnonzero(lens == 0).tolist()})
+    return reasons
+
+
+def _plan_windows(lens: np.ndarray, valid: np.ndarray, window: int, C: int, ratio: float,
+                  plan: Callable[[np.ndarray], tuple[np.ndarray, int]]) -> tuple[list[list[int]], list[np.ndarray]]:
+    """Plan consecutive windows of ``window`` samples (plus the carry); return the packs kept
+    (index lists, in planning order) and the underfilled packs finalised (index arrays).
+
+    ``plan(lengths) -> (pack_of, num_packs)`` is the strategy. An underfilled pack
+    (``tokens / C < ratio``) is carried into the next window; at most ``window`` samples are
+    carried (so a window plans at most ``2 * window`` samples), the oldest evicted first.
+    """
+    n = len(lens)
+    flat_parts: list[np.ndarray] = []  # kept packs as flat index arrays + sizes: one list split at the end
+    size_parts: list[np.ndarray] = []
+    under_packs: list[np.ndarray] = []
+    carry = np.zeros(0, np.int64)
+    for a in (range(0, n, window) if n else []):
+        b = min(a + window, n)
+        new = np.arange(a, b, dtype=np.int64)[valid[a:b]]
+        cand = np.concatenate((carry, new)) if len(carry) else new
+        carry = np.zeros(0, np.int64)
+        if len(cand) == 0:
+            continue
+        pack_of, npk = plan(lens[cand])
+        flat, offsets = _group(cand, pack_of, npk)
+        tokens = np.add.reduceat(lens[flat], offsets[:-1])
+        under = tokens / C < ratio if ratio > 0.0 else np.zeros(npk, bool)
+        sizes = np.diff(offsets)
+        flat_parts.append(flat[np.repeat(~under, sizes)])
+        size_parts.append(sizes[~under])
+        u_packs = [flat[offsets[j]:offsets[j + 1]] for j in np.flatnonzero(under).tolist()]
+        if b >= n:
+            under_packs.extend(u_packs)
+        elif u_packs:
+            evicted, carry = _carry(u_packs, window)
+            under_packs.extend(evicted)
+    flat_all = np.concatenate(flat_parts).tolist() if flat_parts else []
+    bounds = np.cumsum([0] + (np.concatenate(size_parts).tolist() if size_parts else [])).tolist()
+    return [flat_all[s:e] for s, e in zip(bounds[:-1], bounds[1:])], under_packs
+
+
+def _carry(u_packs: list[np.ndarray], limit: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Split underfilled packs into (finalised, carried samples): the packs holding the oldest
+    samples are finalised while more than ``limit`` samples would be carried.
+
+    >>> ev, carry = _carry([np.array([5, 6]), np.array([1, 2, 3])], 2)
+    >>> [p.tolist() for p in ev], carry.tolist()
+    ([[1, 2, 3]], [5, 6])
+    """
+    u_packs = sorted(u_packs, key=lambda p: int(p[0]))
+    total = sum(len(p) for p in u_packs)
+    j = 0
+    while total > limit:
+        total -= len(u_packs[j])
+        j += 1
+    rest = u_packs[j:]
+    return u_packs[:j], (np.sort(np.concatenate(rest)) if rest else np.zeros(0, np.int64))
+
+
+def _assemble(kept: list[list[int]], under_packs: list[np.ndarray], lens: np.ndarray, C: int, ratio: float,
+              drop_last: bool, reasons: dict[int, str], shuffle_rng: np.random.Generator) -> list[list[int]]:
+    """The final pack list: kept packs, then the underfilled ones unless ``drop_last`` (their
+    samples then get a ``drop_last`` reason in ``reasons``), in a seeded shuffled order."""
+    packs = list(kept)
+    for p in under_packs:
+        if drop_last:
+            r = _underfill_reason(int(lens[p].sum()), C, ratio)
+            reasons.update({i: r for i in p.tolist()})
+        else:
+            packs.append(p.tolist())
+    perm = shuffle_rng.permutation(len(packs)).tolist()
+    return [packs[k] for k in perm]

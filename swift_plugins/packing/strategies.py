@@ -138,24 +138,40 @@ def _bfd(lens: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:
     if n == 0:
         return np.zeros(0, np.int64), 0
     order, vals, counts = _runs(lens, C)
-    lo = int(vals[-1])              # a room below the shortest length never takes a sample
-    rooms: list[int] = []           # distinct rooms (>= lo) of the open packs, ascending
-    at: dict[int, list[int]] = {}   # room -> ids of the open packs with that room, ascending
-    size: list[int] = []            # samples per pack (kept only with a cap)
-    rec_b: list[int] = []           # records: pack rec_b[x] takes rec_k[x] copies of the run's length
-    rec_k: list[int] = []
-    npk = 0
-    find, insort, filed = bisect.bisect_left, bisect.insort, at.get
+    packs = _OpenPacks(C, cap, lo=int(vals[-1]))  # a room below the shortest length never takes a sample
     for s, c in zip(vals.tolist(), counts.tolist()):
+        packs.place_run(s, c)
+    pack_of = np.empty(n, np.int64)
+    pack_of[order] = np.repeat(np.asarray(packs.rec_b, dtype=np.int64), np.asarray(packs.rec_k, dtype=np.int64))
+    return pack_of, packs.npk
+
+
+class _OpenPacks:
+    """``_bfd``'s state: the open packs filed by room, and the records (pack, copies) so far."""
+
+    def __init__(self, C: int, cap: int | None, lo: int):
+        self.C, self.cap, self.lo = C, cap, lo
+        self.rooms: list[int] = []          # distinct rooms (>= lo) of the open packs, ascending
+        self.at: dict[int, list[int]] = {}  # room -> ids of the open packs with that room, ascending
+        self.size: list[int] = []           # samples per pack (kept only with a cap)
+        self.rec_b: list[int] = []          # records: pack rec_b[x] takes rec_k[x] copies of the run's length
+        self.rec_k: list[int] = []
+        self.npk = 0
+
+    def place_run(self, s: int, c: int) -> None:
+        """Place ``c`` samples of length ``s``: walk the rooms ``>= s`` ascending, then open packs."""
         moved: list[tuple[int, list[int]]] = []  # (new room, ascending pack ids) to file after the run
-        i = j = find(rooms, s)
+        rooms, at, rec_b, rec_k = self.rooms, self.at, self.rec_b, self.rec_k
+        i = j = bisect.bisect_left(rooms, s)
         while c and j < len(rooms):  # rooms[i:j] are the rooms this run emptied
             r = rooms[j]
             ids = at[r]
             m = len(ids)
-            if cap is None:
+            if self.cap is not None:
+                c, t = self._serve_capped(r, ids, s, c, moved)
+            else:  # inline (the hot loop): each pack of this room takes k copies, the last maybe fewer
                 k = r // s
-                t = min(m, c // k)  # packs of this room taking k copies each
+                t = min(m, c // k)
                 if t:
                     took = ids[:t]
                     rec_b += took
@@ -163,57 +179,65 @@ def _bfd(lens: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:
                     moved.append((r - k * s, took))
                     c -= t * k
                 if c and t < m:  # 0 < c < k: the next pack takes the rest and the run ends
-                    p = ids[t]
-                    rec_b.append(p)
+                    rec_b.append(ids[t])
                     rec_k.append(c)
-                    moved.append((r - c * s, [p]))
-                    c = 0
-                    t += 1
-            else:
-                t = 0
-                while c and t < m:
-                    p = ids[t]
-                    k = min(r // s, cap - size[p], c)
-                    rec_b.append(p)
-                    rec_k.append(k)
-                    size[p] += k
-                    c -= k
-                    t += 1
-                    if size[p] < cap:
-                        moved.append((r - k * s, [p]))
+                    moved.append((r - c * s, [ids[t]]))
+                    c, t = 0, t + 1
             if t == m:
                 del at[r]
                 j += 1
             else:
                 del ids[:t]
-        if c:  # no open pack fits: new packs of k copies, the last one with the rest
-            k = C // s if cap is None else min(C // s, cap)
-            q, e = divmod(c, k)
-            new = list(range(npk, npk + q))
-            rec_b += new
-            rec_k += [k] * q
-            if cap is None or k < cap:
-                moved.append((C - k * s, new))
-            if e:
-                rec_b.append(npk + q)
-                rec_k.append(e)
-                moved.append((C - e * s, [npk + q]))
-            if cap is not None:
-                size += [k] * q + [e] * (e > 0)
-            npk += q + (e > 0)
+        if c:
+            self._open(s, c, moved)
         del rooms[i:j]
+        self._file(moved)
+
+    def _serve_capped(self, r: int, ids: list[int], s: int, c: int, moved: list) -> tuple[int, int]:
+        """The packs of room ``r`` one at a time, each taking copies until its room or the cap stops it;
+        returns (copies left, packs served)."""
+        t = 0
+        while c and t < len(ids):
+            p = ids[t]
+            k = min(r // s, self.cap - self.size[p], c)
+            self.rec_b.append(p)
+            self.rec_k.append(k)
+            self.size[p] += k
+            c -= k
+            t += 1
+            if self.size[p] < self.cap:
+                moved.append((r - k * s, [p]))
+        return c, t
+
+    def _open(self, s: int, c: int, moved: list) -> None:
+        """No open pack fits: new packs of ``k`` copies each, the last one with the rest."""
+        cap, C, npk = self.cap, self.C, self.npk
+        k = C // s if cap is None else min(C // s, cap)
+        q, e = divmod(c, k)
+        new = list(range(npk, npk + q))
+        self.rec_b += new
+        self.rec_k += [k] * q
+        if cap is None or k < cap:
+            moved.append((C - k * s, new))
+        if e:
+            self.rec_b.append(npk + q)
+            self.rec_k.append(e)
+            moved.append((C - e * s, [npk + q]))
+        if cap is not None:
+            self.size += [k] * q + [e] * (e > 0)
+        self.npk = npk + q + (e > 0)
+
+    def _file(self, moved: list[tuple[int, list[int]]]) -> None:
+        """File the packs whose room changed; a room below ``lo`` is not filed."""
         for r, ids in moved:
-            if r >= lo:
-                dst = filed(r)
+            if r >= self.lo:
+                dst = self.at.get(r)
                 if dst is None:
-                    at[r] = ids
-                    insort(rooms, r)
+                    self.at[r] = ids
+                    bisect.insort(self.rooms, r)
                 else:
                     dst += ids
                     dst.sort()
-    pack_of = np.empty(n, np.int64)
-    pack_of[order] = np.repeat(np.asarray(rec_b, dtype=np.int64), np.asarray(rec_k, dtype=np.int64))
-    return pack_of, npk
 
 
 def _next_fit_ordered(lens_in_order: np.ndarray, cap: int | None, C: int) -> tuple[np.ndarray, int]:

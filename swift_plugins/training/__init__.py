@@ -1,12 +1,14 @@
 """Training inside ms-swift: the one package that imports torch, transformers and ms-swift.
 
-    template.py        qwen3_vl_packing: packed rows with 4-row positions, no KV cache (isolation)
+    template.py        <family>_packing: packed rows with 4-row positions, no KV cache (isolation)
     attention.py       swiftpack_varlen: attention per packed sample, no L x L mask
     datasets.py        --dataset PATH.jsonl read by our validator and to_swift_row
     packed_dataset.py  the plan as a dataset: lazy per-pack encoding in the dealt order
     callbacks.py       save delay, data order, packing metrics
     optimizer.py       swiftpack_multimodal: LLM / ViT / aligner learning rates
-    pipeline.py        SwiftpackSft: ms-swift's SFT pipeline with our options
+    hooks.py           what our runs change in ms-swift's SFT pipeline (datasets, train callbacks)
+    pipeline.py        SwiftpackSft: ms-swift's SFT pipeline holding our typed options
+    plain_swift.py     the one patch: plain `swift sft` through the same hooks, for one run
     calibration.py     template facts the pure length counter needs (used by the analysis too)
 
 Modules only declare; :func:`register_all` (called by ``swift_plugins.register_plugins``)
@@ -18,11 +20,11 @@ __all__ = ["register_all"]
 
 
 def register_all() -> None:
-    """Register the template, bundled datasets, optimizer, callbacks and attention (idempotent)."""
-    from swift_plugins.training import attention, callbacks, datasets, optimizer, template
+    """Register the template, optimizer, callbacks and attention (idempotent). A run's JSONL files
+    are registered by the run (``pipeline.register_runtime``), with its conversation options."""
+    from swift_plugins.training import attention, callbacks, optimizer, template
 
     attention.register()
     template.register()
-    datasets.register()
     optimizer.register()
     callbacks.register()

@@ -1,10 +1,12 @@
 """Trainer callbacks: ``save_delay_steps``, a per-rank record of the data order, packing metrics,
 the token-mean eval loss.
 
-Declared here, registered by ``swift_plugins.training.register_all`` (``callbacks_map`` entries
-``swiftpack_data_order``, ``swiftpack_packing``, ``swiftpack_eval_token_mean``) and
-:func:`register_save_delay`, which binds ``swiftpack_save_delay`` to a step count
-(``callbacks: [swiftpack_save_delay]`` selects it).
+The stateless ones are registered by name (``swift_plugins.training.register_all``:
+``callbacks_map`` entries ``swiftpack_data_order``, ``swiftpack_eval_token_mean``; ms-swift's
+``callbacks`` argument selects them). The ones that hold a run's values (the save delay, the
+packed dataset's metrics) are handed to the trainer by the pipeline
+(:func:`swift_plugins.training.pipeline.add_run_callbacks`), so nothing run-specific sits in
+ms-swift's registry.
 
 save_delay_steps, worked example (``save_steps 1, save_delay_steps 2, max_steps 3``)::
 
@@ -14,7 +16,6 @@ save_delay_steps, worked example (``save_steps 1, save_delay_steps 2, max_steps 
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -25,13 +26,13 @@ import torch
 from swift.callbacks import TrainerCallback, callbacks_map
 
 from swift_plugins.files import atomic_write_text
-from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, CALLBACK_PACKING, CALLBACK_SAVE_DELAY
+from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN
 from swift_plugins.packing.resume import PACKING_STATE_FILE
 from swift_plugins.training.metrics import BatchRecorder
 from swift_plugins.training.packed_dataset import PackedDataset
 
 __all__ = ["DataOrderCallback", "EvalTokenMeanCallback", "PackingCallback", "SaveDelayCallback", "epoch_batches",
-           "register", "register_save_delay", "save_allowed"]
+           "register", "save_allowed"]
 
 
 def save_allowed(global_step: int, save_delay_steps: int) -> bool:
@@ -58,11 +59,6 @@ class SaveDelayCallback(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         return self._gate(state, control)
-
-
-def register_save_delay(save_delay_steps: int) -> None:
-    """Bind ``callbacks_map["swiftpack_save_delay"]`` to ``save_delay_steps``."""
-    callbacks_map[CALLBACK_SAVE_DELAY] = functools.partial(SaveDelayCallback, save_delay_steps=save_delay_steps)
 
 
 def epoch_batches(train_dataloader: Any) -> Optional[List[List[int]]]:
@@ -198,9 +194,6 @@ class EvalTokenMeanCallback(TrainerCallback):
 
 
 def register() -> None:
-    """Idempotent: the callbacks selected by name (save delay bound to 0 until the run binds it)."""
+    """Idempotent: the stateless callbacks, selected by name in ms-swift's ``callbacks`` argument."""
     callbacks_map[CALLBACK_DATA_ORDER] = DataOrderCallback
-    callbacks_map[CALLBACK_PACKING] = PackingCallback
     callbacks_map[CALLBACK_EVAL_TOKEN_MEAN] = EvalTokenMeanCallback
-    if CALLBACK_SAVE_DELAY not in callbacks_map:
-        register_save_delay(0)

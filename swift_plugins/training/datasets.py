@@ -27,12 +27,10 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 from datasets import Dataset as HfDataset
-from modelscope.hub.utils.utils import get_cache_dir
-from swift.dataset import DATASET_MAPPING, DatasetMeta, RowPreprocessor, register_dataset
+from swift.dataset import DatasetMeta, RowPreprocessor, register_dataset
 from swift.dataset.loader import DatasetLoader
 from swift.utils import get_logger
 
@@ -40,17 +38,12 @@ from swift_plugins.data.conversation import ConversationOptions, swift_row
 from swift_plugins.data.reader import iter_records
 from swift_plugins.data.records import ON_ERROR_CHOICES, RECORD_FORMATS, record_kind
 
-__all__ = ["BUNDLED_JSONL_PATHS", "register", "register_jsonl"]
+__all__ = ["CONVERSION_VERSION", "conversion_key", "register_jsonl"]
 
 logger = get_logger()
 
-_REPO = Path(__file__).resolve().parents[2]
-# Registered by register() with default options unless a register_jsonl() call configured them.
-BUNDLED_JSONL_PATHS = tuple(
-    str(_REPO / "public_data" / "lvis" / folder / f"{split}.jsonl")
-    for folder in ("sample", "rescale_32_768_poly_20") for split in ("train", "val"))
-
-# Bump when to_swift_row's output for the same record and options changes: it names the map cache.
+# Bump when to_swift_row's output for the same record and options changes: it is part of the
+# conversion key, which ms-swift's map cache name follows (conversion_key).
 CONVERSION_VERSION = "2"  # 2: rows carry their record kind (lvis | messages)
 
 
@@ -105,16 +98,16 @@ def register_jsonl(path, options: Optional[ConversationOptions] = None, on_error
     return keys
 
 
-def register() -> list[str]:
-    """Idempotent: register :data:`BUNDLED_JSONL_PATHS` (bundled sample, full LVIS folder) with
-    default options, leaving alone any path a ``register_jsonl`` call already configured.
-    Registration only binds names; no file is read until ms-swift loads the dataset."""
-    done = {m.dataset_path for m in DATASET_MAPPING.values() if isinstance(m, SwiftpackDatasetMeta)}
-    out = []
-    for path in BUNDLED_JSONL_PATHS:
-        if path not in done:
-            out += register_jsonl(path)
-    return out
+def conversion_key(options: ConversationOptions, base_dir: str) -> str:
+    """What a row's conversion depends on besides the record: the options, the image folder and
+    :data:`CONVERSION_VERSION`, as a short digest.
+
+    ms-swift names its map cache by the input dataset's fingerprint alone; the loader puts this
+    key into every input row, so the fingerprint (and with it the cache file) changes whenever
+    the output would, and a stale cache is never served.
+    """
+    key = json.dumps([options.to_dict(), base_dir, CONVERSION_VERSION], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 class RecordRowPreprocessor(RowPreprocessor):
@@ -134,14 +127,6 @@ class RecordRowPreprocessor(RowPreprocessor):
         # that must stop the run, not a row ms-swift drops with a log line.
         return super().batched_preprocess(batched_row, strict=True, ignore_max_length_error=ignore_max_length_error)
 
-    def _map_cache_file(self, fingerprint: str) -> str:
-        # ms-swift names the cache by the input's fingerprint only; the output also depends on
-        # the options, the image folder and this code's version.
-        key = json.dumps([self.options.to_dict(), self.base_dir, CONVERSION_VERSION], sort_keys=True)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return os.path.join(get_cache_dir(), 'datasets', 'map_cache',
-                            f'{fingerprint}_swiftpack{digest}_{self.cache_format_version}.arrow')
-
 
 class SwiftpackJsonlLoader(DatasetLoader):
     """Loads a registered JSONL path through ``iter_records`` (see the module docstring)."""
@@ -151,6 +136,7 @@ class SwiftpackJsonlLoader(DatasetLoader):
         path = dataset_syntax.dataset
         stream = iter_records(path, on_error=spec.on_error, check_images=spec.check_images,
                               report_path=spec.report_path, record_format=spec.record_format)
+        base_dir = os.path.dirname(os.path.abspath(path))
         columns = {"record": [], "line": [], "kind": []}
         for line_no, record in stream:
             columns["record"].append(json.dumps(record, ensure_ascii=False))
@@ -160,8 +146,9 @@ class SwiftpackJsonlLoader(DatasetLoader):
         logger.info(summary.log_line())
         if summary.valid == 0:
             raise ValueError(f"{path}: no valid records ({summary.log_line()}); fix the file or the path")
+        columns["conversion"] = [conversion_key(spec.options, base_dir)] * len(columns["record"])
         dataset = HfDataset.from_dict(columns)
-        preprocessor = RecordRowPreprocessor(spec.options, os.path.dirname(os.path.abspath(path)))
+        preprocessor = RecordRowPreprocessor(spec.options, base_dir)
         dataset = preprocessor(dataset, num_proc=self.num_proc, load_from_cache_file=self.load_from_cache_file,
                                strict=True)
         if self.remove_unused_columns:

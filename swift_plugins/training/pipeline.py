@@ -1,25 +1,33 @@
 """The ms-swift side of the entry point (imports torch + ms-swift; ``swift_plugins.sft`` stays light).
 
-Two ways our keys reach a run, the same registrations in both::
+Two ways our keys reach a run, the same code in both::
 
     python -m swift_plugins.sft --config X          swift sft OUT.yaml  (from --export_flat)
       resolve_config -> run_resolved                  ms-swift imports swiftpack_options_OUT.py
         register_all()                                  register_plugins(sidecar=OUT.swiftpack.json)
         register_runtime(options)                         register_all(); register_sidecar(...)
-        SwiftpackSft(argv with swiftpack_* fields)          register_runtime(options)
-          _post_process_datasets -> packing                 install_packing_hook(options) -> SwiftSft
+        SwiftpackSft(argv, options)                         register_runtime(options)
+          a subclass of ms-swift's SwiftSft                 plain_swift.patch_run(options): SwiftSft's
+          holding the typed RuntimeOptions                  three hooks below, for this one run
 
-``register_runtime``: what depends on the run's options: the JSONL datasets
-(``training.datasets.register_jsonl`` with the custom.* conversation options) and the save delay.
-Packing plugs in at exactly one place, :func:`packing_post_process`.
+The hooks (:mod:`swift_plugins.training.hooks`; :class:`SwiftpackSft` overrides SwiftSft's
+methods with them, the plain route borrows the same functions for one run):
+
+    _get_dataset            with packing: skip ms-swift's pass (packing reads the JSONL by line)
+    _post_process_datasets  with packing: the plan as datasets
+    train(trainer)          the run's callbacks (save delay, packing metrics), its options file, train
+
+``register_runtime``: what depends on the run's options and ms-swift finds by name: the JSONL
+datasets (``training.datasets.register_jsonl`` with the custom.* conversation options).
+
+DeepSpeed on the CPU (``training.use_cpu`` + ``deepspeed.config``, :mod:`swift_plugins.config.zero`):
+both routes call :func:`prepare_cpu_deepspeed` first, before ms-swift builds its TrainingArguments.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Any, Callable, List, Mapping, Optional, Union
+from typing import Callable, List, Mapping, Optional
 
-from swift.arguments import SftArguments
 from swift.pipelines.train.sft import SwiftSft
 
 from swift_plugins.config.export import RuntimeOptions, flat_swift_args, load_sidecar, runtime_options, swift_argv
@@ -27,34 +35,16 @@ from swift_plugins.config.resolve import ResolvedConfig, world_size_from_env
 from swift_plugins.config.values import Issue
 from swift_plugins.config.zero import CPU_DEEPSPEED_NOTE, is_cpu_deepspeed
 from swift_plugins.errors import UserError
-from swift_plugins.names import FIELD_PREFIX
+from swift_plugins.training.hooks import get_dataset_hook, packing_post_process, train_hook
 
-__all__ = ["SwiftpackSft", "SwiftpackSftArguments", "cpu_deepspeed_environment", "device_issues", "install_packing_hook",
-           "options_from_args", "packing_post_process", "prepare_cpu_deepspeed", "register_runtime", "register_sidecar",
-           "run_resolved"]
-
-# ms-swift's SftArguments plus one typed field per runtime option (swiftpack_packing,
-# swiftpack_global_max_length, ...), generated from the schema (type, default, help) so they cannot drift.
-SwiftpackSftArguments = dataclasses.make_dataclass(
-    "SwiftpackSftArguments",
-    [(FIELD_PREFIX + f.name, f.type, dataclasses.field(default=f.default, metadata={"help": f.metadata["help"]}))
-     for f in dataclasses.fields(RuntimeOptions)],
-    bases=(SftArguments,))
-SwiftpackSftArguments.__module__ = __name__
-SwiftpackSftArguments.__doc__ = "SftArguments + swift_plugins' options as swiftpack_<name> fields."
-
-
-def options_from_args(args: Any) -> RuntimeOptions:
-    """The :class:`RuntimeOptions` carried by a :class:`SwiftpackSftArguments`."""
-    return RuntimeOptions(**{f.name: getattr(args, FIELD_PREFIX + f.name) for f in dataclasses.fields(RuntimeOptions)})
+__all__ = ["SwiftpackSft", "cpu_deepspeed_environment", "device_issues", "prepare_cpu_deepspeed", "register_runtime",
+           "register_sidecar", "run_resolved"]
 
 
 def register_runtime(options: RuntimeOptions) -> List[str]:
     """Register with ms-swift what this run's ``options`` decide; returns the registered dataset paths."""
-    from swift_plugins.training.callbacks import register_save_delay
     from swift_plugins.training.datasets import register_jsonl
 
-    register_save_delay(options.save_delay_steps)
     conversation = options.conversation_options()
     registered = []
     for split, paths in (("train", options.train_jsonl), ("val", options.val_jsonl)):
@@ -75,68 +65,36 @@ def skip_reports(folder: Optional[str], split: str, paths: List[str]) -> List[Op
             for k, p in enumerate(paths)]
 
 
-def packing_post_process(sft: SwiftSft, datasets: List, fallback: Callable[[List], List]) -> List:
-    """THE place where packing plugs in. Without ``packing``: ms-swift's own post-processing
-    (lazy encoding). With it: ``swift_plugins.training.packed_dataset.build_packed_datasets(sft, train, val)``
-    gets the raw (not yet encoded) datasets and returns the training / validation datasets;
-    ``sft.swiftpack_options`` holds every packing option. ms-swift's own ``packing`` stays off.
-    """
-    options: RuntimeOptions = sft.swiftpack_options
-    if not options.packing:
-        return fallback(datasets)
-    from swift_plugins.training.packed_dataset import build_packed_datasets
-
-    train, val = build_packed_datasets(sft, datasets[0], datasets[1])
-    return [train, val]
-
-
 class SwiftpackSft(SwiftSft):
-    """ms-swift's SFT pipeline with our args class; ``main()`` / ``run()`` are ms-swift's."""
-    args_class = SwiftpackSftArguments
-    args: SwiftpackSftArguments
+    """ms-swift's SFT pipeline holding our typed options; ``main()`` / ``run()`` are ms-swift's.
 
-    def __init__(self, args: Optional[Union[List[str], SwiftpackSftArguments]] = None) -> None:
+    ``args`` is what ms-swift parses (its own arguments only); ``options`` is handed over as the
+    object it is, never through strings.
+    """
+
+    def __init__(self, args: List[str], options: RuntimeOptions) -> None:
+        self.swiftpack_options = options
         super().__init__(args)
-        self.swiftpack_options = options_from_args(self.args)
 
     def _get_dataset(self):
-        if self.swiftpack_options.packing:  # packing reads the JSONL itself, by line: skip ms-swift's pass
-            return None, None
-        return super()._get_dataset()
+        return get_dataset_hook(self, super()._get_dataset)
 
     def _post_process_datasets(self, datasets: List) -> List:
         return packing_post_process(self, datasets, super()._post_process_datasets)
 
-
-def install_packing_hook(options: RuntimeOptions) -> None:
-    """For plain ``swift sft``: route stock ``SwiftSft._post_process_datasets`` through
-    :func:`packing_post_process` with ``options`` (the sidecar's)."""
-    original = SwiftSft.__dict__["_post_process_datasets"]
-    original = getattr(original, "__swiftpack_original__", original)
-
-    def _post_process_datasets(self, datasets):
-        self.swiftpack_options = options
-        return packing_post_process(self, datasets, lambda d: original(self, d))
-
-    _post_process_datasets.__swiftpack_original__ = original
-    SwiftSft._post_process_datasets = _post_process_datasets
-
-    original_get = SwiftSft.__dict__["_get_dataset"]
-    original_get = getattr(original_get, "__swiftpack_original__", original_get)
-
-    def _get_dataset(self):  # packing reads the JSONL itself, by line: skip ms-swift's pass
-        return None, None
-
-    _get_dataset.__swiftpack_original__ = original_get
-    SwiftSft._get_dataset = _get_dataset
+    def train(self, trainer):
+        return train_hook(self, trainer, super().train)
 
 
 def register_sidecar(path: str) -> RuntimeOptions:
-    """Called by the plugin ``--export_flat`` generates: register the sidecar's options.
+    """Called by the plugin ``--export_flat`` generates: register the sidecar's options and route
+    this process's ``swift sft`` run through the hooks above (:mod:`~swift_plugins.training.plain_swift`).
 
     Refuses a world size other than the one the flat YAML's gradient_accumulation_steps was
     computed for (torchrun's ``WORLD_SIZE``, 1 without torchrun).
     """
+    from swift_plugins.training.plain_swift import patch_run
+
     options, world_size, cpu_deepspeed = load_sidecar(path)
     actual = world_size_from_env(os.environ)
     if actual != world_size:
@@ -145,8 +103,7 @@ def register_sidecar(path: str) -> RuntimeOptions:
     if cpu_deepspeed:  # the plugin is imported before ms-swift builds its TrainingArguments: in time
         prepare_cpu_deepspeed()
     register_runtime(options)
-    if options.packing:
-        install_packing_hook(options)
+    patch_run(options)
     return options
 
 
@@ -246,5 +203,4 @@ def run_resolved(resolved: ResolvedConfig) -> dict:
         from swift.utils import get_logger
 
         get_logger().info(f"swiftpack attention: {resolved.attn_impl[1]}")
-    argv = swift_argv(flat_swift_args(resolved, with_runtime_fields=True))
-    return SwiftpackSft(argv).main()
+    return SwiftpackSft(swift_argv(flat_swift_args(resolved)), runtime_options(resolved)).main()

@@ -38,7 +38,7 @@ def test_flat_swift_args_exact(cfg):
         "use_cpu": False, "save_strategy": "steps", "save_steps": 500, "save_only_model": False, "logging_steps": 5,
         "add_version": True, "report_to": ["tensorboard"], "dataset_num_proc": 1, "max_pixels": 65536,
         "truncation_strategy": "delete", "dataset": ["data/train.jsonl"], "val_dataset": ["data/val.jsonl"],
-        "callbacks": ["swiftpack_save_delay", "swiftpack_eval_token_mean"], "max_new_tokens": 8,
+        "callbacks": ["swiftpack_eval_token_mean"], "max_new_tokens": 8,
         # packing on: the isolating template, attention per packed sample (sdpa would get an L x L
         # mask), fresh dataloader workers each epoch (new pack order), no second shuffle of the dealt packs
         "template": "qwen3_vl_packing", "dataloader_persistent_workers": False, "train_dataloader_shuffle": False}
@@ -46,12 +46,48 @@ def test_flat_swift_args_exact(cfg):
     assert r.attn_impl == ("swiftpack_varlen", "model.attn_impl sdpa -> swiftpack_varlen with training.packing: "
                            "attention per packed sample, no L x L mask (model.attn_impl eager or flash_attn keeps those)")
     assert C.render_config(r).splitlines()[-1] == f"#   attn_impl: swiftpack_varlen  ({r.attn_impl[1]})"
-    argv = C.swift_argv(C.flat_swift_args(r, with_runtime_fields=True))
-    assert argv[argv.index("--swiftpack_packing") + 1] == "True"
+    argv = C.swift_argv(C.flat_swift_args(r))
+    assert not [a for a in argv if a.startswith("--swiftpack_")]  # our options never travel as strings to ms-swift
     assert argv[argv.index("--attn_impl") + 1] == "swiftpack_varlen"
-    assert argv[argv.index("--swiftpack_global_max_length") + 1] == "4096"
     assert argv[argv.index("--target_modules") + 1] == "all-linear"
     assert argv[argv.index("--check_model") + 1] == "False"
+
+
+def _model(folder, model_type):
+    (folder / "models" / "m").mkdir(parents=True, exist_ok=True)
+    (folder / "models" / "m" / "config.json").write_text(json.dumps({"model_type": model_type}))
+
+
+PACKED = "extends: base.yaml\ntraining: {packing: true, global_max_length: 4096}\n"
+
+
+@pytest.mark.parametrize("model_type, swift_model_type, template", [
+    ("qwen2_vl", "qwen2_vl", "qwen2_vl_packing"), ("qwen2_5_vl", "qwen2_5_vl", "qwen2_5_vl_packing"),
+    ("qwen3_vl", "qwen3_vl", "qwen3_vl_packing"), ("qwen3_vl_moe", "qwen3_vl_moe", "qwen3_vl_packing")])
+def test_the_model_family_picks_model_type_and_the_packing_template(cfg, tmp_path, model_type, swift_model_type,
+                                                                     template):
+    _model(tmp_path, model_type)
+    args = C.flat_swift_args(C.resolve_config(cfg("x.yaml", PACKED), world_size=1))
+    assert (args["model_type"], args["template"]) == (swift_model_type, template)
+    plain = C.flat_swift_args(C.resolve_config(cfg("y.yaml", "extends: base.yaml\n"), world_size=1))
+    assert plain["model_type"] == swift_model_type and "template" not in plain
+
+
+def test_a_model_of_another_family_than_the_config_says_is_refused(cfg, tmp_path):
+    _model(tmp_path, "qwen2_5_vl")
+    r = C.resolve_config(cfg("x.yaml", PACKED + "model: {model_type: qwen3_vl}\n"), world_size=1)
+    with pytest.raises(UserError, match=r"^x.yaml: model.model_type: 'qwen3_vl' but models/m is a Qwen2.5-VL checkpoint "
+                                        r"\(qwen2_5_vl\); set model.model_type: null$"):
+        C.flat_swift_args(r)
+    r = C.resolve_config(cfg("y.yaml", PACKED + "template: {template: qwen3_vl_packing}\n"), world_size=1)
+    with pytest.raises(UserError, match=r"^y.yaml: template.template: 'qwen3_vl_packing' is not the Qwen2.5-VL "
+                                        r"template of models/m \(set template.template: null; packing uses "
+                                        r"'qwen2_5_vl_packing'\)$"):
+        C.flat_swift_args(r)
+    _model(tmp_path, "llava")
+    with pytest.raises(UserError, match=r"models/m/config.json: model_type: 'llava' is not supported \(supported: "
+                                        r"qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe\)"):
+        C.flat_swift_args(C.resolve_config(cfg("z.yaml", PACKED), world_size=1))
 
 
 @pytest.mark.parametrize("attn_impl, packing, expected", [

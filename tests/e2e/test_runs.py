@@ -41,14 +41,15 @@ CHAT_TRAIN = [
     {"messages": [msg("user", "What is 2+2?"), msg("assistant", "4")]},
 ]
 CHAT_VAL = CHAT_TRAIN[:3]
-VAL_RECORDS = 7 + len(CHAT_VAL)
+VAL_LVIS = 8  # with CHAT_VAL: 3 val packs at MAX_LENGTH, an uneven last eval batch across 2 ranks
+VAL_RECORDS = VAL_LVIS + len(CHAT_VAL)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("e2e-data")
     make_lvis_jsonl(folder, len(COUNTS), object_counts=COUNTS)
-    make_lvis_jsonl(folder, 7, "val.jsonl")
+    make_lvis_jsonl(folder, VAL_LVIS, "val.jsonl")
     save_image(folder / "c0.png", (100, 70))
     save_image(folder / "c1.png", (64, 90))
     for name, rows in (("chat.jsonl", CHAT_TRAIN), ("chat_val.jsonl", CHAT_VAL)):
@@ -264,8 +265,10 @@ def test_padded_run_trains_saves_and_groups_the_optimizer(padded, data):
     args = json.loads((out / "args.json").read_text())
     assert (args["optimizer"], args["tuner_type"], args["use_dora"], args["gradient_accumulation_steps"]) == (
         "swiftpack_multimodal", "lora", True, 2)
-    assert (args["swiftpack_train_jsonl"], args["swiftpack_object_ordering"], args["packing"]) == (
-        train_files(data), "sorted", False)
+    options = json.loads((out / "swiftpack_options.json").read_text())  # our options, handed over typed
+    assert (options["train_jsonl"], options["object_ordering"], options["packing"], args["packing"]) == (
+        train_files(data), "sorted", False, False)
+    assert not [k for k in args if k.startswith("swiftpack_")]  # none of ours went through ms-swift's argv
     assert args["dataset"] == train_files(data) and args["attn_impl"] == "sdpa"  # padding: as configured
     assert "swiftpack multimodal optimizer groups: llm/decay:" in log
 

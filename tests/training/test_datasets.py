@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from swift_plugins.data import ConversationOptions, OptionNotImplementedError, RecordError, iter_records, to_swift_row
-from swift_plugins.training.datasets import BUNDLED_JSONL_PATHS, register, register_jsonl
+from swift_plugins.training.datasets import conversion_key, register_jsonl
 
 SAMPLE = Path(__file__).resolve().parents[2] / "public_data" / "lvis" / "sample"
 
@@ -103,16 +103,11 @@ def test_skip_policy_reports_every_skipped_record(tmp_path, caplog):
             f"skip report: {report}") in caplog.text
 
 
-def test_register_is_idempotent_and_keeps_explicit_registrations(tmp_path):
-    from swift.dataset import DATASET_MAPPING
-    custom = ConversationOptions(emit_norm="norm1000")
-    register_jsonl(BUNDLED_JSONL_PATHS[0], custom)
-    register()
-    assert register() == []
-    metas = {m.dataset_path: m for m in DATASET_MAPPING.values() if getattr(m, "swiftpack_spec", None)}
-    assert metas[BUNDLED_JSONL_PATHS[0]].swiftpack_spec.options == custom
-    assert metas[BUNDLED_JSONL_PATHS[1]].swiftpack_spec.options == ConversationOptions()
-    register_jsonl(BUNDLED_JSONL_PATHS[0])  # restore the default for other tests in this process
+def test_conversion_key_follows_everything_the_rows_depend_on():
+    base = conversion_key(ConversationOptions(), "/data")
+    assert base == conversion_key(ConversationOptions(), "/data") and len(base) == 16
+    assert len({base, conversion_key(ConversationOptions(emit_norm="norm1000"), "/data"),
+                conversion_key(ConversationOptions(), "/other")}) == 3
 
 
 def test_register_jsonl_refuses_unimplemented_or_unreported_settings(tmp_path):

@@ -1,6 +1,7 @@
-"""swift_plugins.training.pipeline: registration from a sidecar, the packing hook, argv as ms-swift parses it."""
+"""swift_plugins.training.pipeline: registration from a sidecar routing one plain run, argv as ms-swift parses it."""
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import sys
@@ -10,38 +11,21 @@ import pytest
 
 from swift_plugins import config as C
 from swift_plugins.errors import UserError
-from swift_plugins.training.pipeline import packing_post_process
-
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_without_packing_ms_swifts_post_processing_runs():
-    off = C.RuntimeOptions(packing=False)
-    assert packing_post_process(types.SimpleNamespace(swiftpack_options=off), ["t", "v"], lambda d: d[::-1]) == \
-        ["v", "t"]
-
-
-def test_sidecar_registration_checks_world_size_and_hooks_packing(tmp_path, monkeypatch, request):
-
-
+def test_sidecar_registration_checks_world_size_and_routes_one_run(tmp_path, monkeypatch):
     from swift.callbacks import callbacks_map
     from swift.dataset import DATASET_MAPPING
     from swift.pipelines.train.sft import SwiftSft
 
-    from swift_plugins.training import packed_dataset
+    from swift_plugins.training import packed_dataset, plain_swift
+    from swift_plugins.training.callbacks import PackingCallback, SaveDelayCallback
+    from swift_plugins.training.hooks import OPTIONS_FILE
     from swift_plugins.training.pipeline import register_sidecar
 
-    # global registrations are restored after the test
-    monkeypatch.setattr(SwiftSft, "_post_process_datasets", SwiftSft._post_process_datasets)
-    monkeypatch.setitem(callbacks_map, "swiftpack_save_delay", callbacks_map.get("swiftpack_save_delay"))
-    saved_datasets = dict(DATASET_MAPPING)
-
-    def restore_datasets():
-        from swift.dataset import dataset_syntax
-        DATASET_MAPPING.clear()
-        DATASET_MAPPING.update(saved_datasets)
-        dataset_syntax._dataset_meta_mapping = None
-    request.addfinalizer(restore_datasets)
+    own = {name: SwiftSft.__dict__[name] for name in plain_swift.HOOKS}
+    registry = dict(callbacks_map)
     calls = []
     monkeypatch.setattr(packed_dataset, "build_packed_datasets", lambda sft, train, val: calls.append(sft) or ("t", "v"))
     monkeypatch.chdir(REPO)
@@ -53,16 +37,32 @@ def test_sidecar_registration_checks_world_size_and_hooks_packing(tmp_path, monk
         register_sidecar(files.sidecar_json)
     assert str(e.value) == (f"{files.sidecar_json}: exported for world_size 1 (gradient_accumulation_steps was "
                             f"derived from it) but this run has WORLD_SIZE 2; re-export with --world_size 2")
+    assert not plain_swift.is_patched()  # a refused sidecar patches nothing
     monkeypatch.delenv("WORLD_SIZE")
     options = register_sidecar(files.sidecar_json)
-    assert options == C.runtime_options(resolved)
-    assert callbacks_map["swiftpack_save_delay"].keywords == {"save_delay_steps": 3}
+    assert options == C.runtime_options(resolved)  # the sidecar's string form round-trips exactly
+    assert dict(callbacks_map) == registry  # nothing run-specific in ms-swift's callback registry
     registered = {getattr(m, "dataset_path", None) for m in DATASET_MAPPING.values()}
     assert os.path.abspath("public_data/lvis/sample/train.jsonl") in registered
-    stand_in = types.SimpleNamespace()
-    # stock SwiftSft now routes through packing_post_process to our packed datasets
+
+    # stock SwiftSft now runs one packed run through our hooks ...
+    stand_in = types.SimpleNamespace(args=types.SimpleNamespace(use_flash_ckpt=False),
+                                     _get_resume_checkpoint=lambda t: None, _save_trainer_state=lambda t: "state")
+    assert SwiftSft._get_dataset(stand_in) == (None, None)
     assert SwiftSft._post_process_datasets(stand_in, [[], None]) == ["t", "v"]
     assert calls == [stand_in] and stand_in.swiftpack_options == options
+    trainer = types.SimpleNamespace(args=types.SimpleNamespace(output_dir=str(tmp_path / "out")), added=[],
+                                    train=lambda checkpoint: None, compute_loss=None, evaluation_loop=None)
+    trainer.add_callback = trainer.added.append
+    os.makedirs(trainer.args.output_dir)
+    assert SwiftSft.train(stand_in, trainer) == "state"  # ms-swift's own train ran, after our hook
+    assert [type(c) for c in trainer.added] == [SaveDelayCallback, PackingCallback]
+    assert trainer.added[0].save_delay_steps == 3
+    saved = json.loads((tmp_path / "out" / OPTIONS_FILE).read_text())
+    assert C.RuntimeOptions(**saved) == options
+    # ... and is ms-swift's own again once train returned
+    assert not plain_swift.is_patched()
+    assert {name: SwiftSft.__dict__[name] for name in plain_swift.HOOKS} == own
 
 
 def test_export_matches_ms_swift_yaml_parsing(tmp_path, monkeypatch):
