@@ -24,6 +24,7 @@ from typing import List, Mapping, Optional, Sequence
 from swift_plugins.config import (CLI_FLAGS, ConfigError, Issue, ResolvedConfig, export_flat, missing_paths,
                                   parse_cli, render_config, resolve_config, resolve_world_size, world_size_from_env)
 from swift_plugins.config.preflight import preview_issues, run_issues
+from swift_plugins.config.zero import cpu_deepspeed_issues
 from swift_plugins.errors import run_main
 from swift_plugins.packing.resume import check_resume_world_size
 
@@ -74,7 +75,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     world_size, world_size_source = resolve_world_size(cli.world_size, os.environ)
     resolved: ResolvedConfig = resolve_config(cli.config, cli.overrides, world_size=world_size,
                                               world_size_source=world_size_source)
-    issues = preview_issues(os.environ, cli.export_flat)  # a preview that passes must not fail at launch
+    # a preview that passes must not fail at launch; what DeepSpeed on the CPU cannot do, before anything is written
+    issues = preview_issues(os.environ, cli.export_flat) + cpu_deepspeed_issues(resolved)
     if issues:
         raise ConfigError(issues)
     if cli.print_config:

@@ -64,3 +64,15 @@ def test_run_refuses_nproc_per_node_and_missing_inputs(subprocess_env, tmp_path)
         f"the working directory {REPO})"]
 
 
+
+
+def test_deepspeed_on_the_cpu_is_shown_or_refused_before_anything_runs(subprocess_env):
+    base = [PY, "-m", "swift_plugins.sft", "--config", "configs/tiny/sft_packing.yaml", "--deepspeed.config",
+            "configs/deepspeed/zero3.json", "--print_config", "--world_size", "2"]
+    code, out = run(base, subprocess_env)
+    assert code == 0, out
+    assert out.rstrip().endswith(f"#   deepspeed: {C.zero.CPU_DEEPSPEED_NOTE}")
+    code, out = run(base + ["--model.torch_dtype", "bfloat16"], subprocess_env)
+    assert (code, out) == (2, "error: command line: model.torch_dtype: DeepSpeed on the CPU (training.use_cpu true) "
+                              "trains in float32, got bfloat16; set --model.torch_dtype float32 (or run on a GPU with "
+                              "training.use_cpu false)\n")

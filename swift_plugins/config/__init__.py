@@ -6,6 +6,7 @@
     cli.py      the entry point's flags
     render.py   --print_config
     export.py   RuntimeOptions, flat ms-swift arguments, --export_flat (flat YAML + sidecar + plugin)
+    zero.py     DeepSpeed on the CPU: what such a run needs (fp32, the JSON with fp16 / bf16 off), or why not
     docs.py     the generated schema table of docs/configuration.md
 
 Pure (PyYAML only): ``python -m swift_plugins.sft --print_config`` answers in well under a second.

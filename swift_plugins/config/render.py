@@ -7,6 +7,7 @@ import yaml
 
 from swift_plugins.config.resolve import ResolvedConfig
 from swift_plugins.config.schema import SCHEMA_LEAVES
+from swift_plugins.config.zero import CPU_DEEPSPEED_NOTE, is_cpu_deepspeed
 
 __all__ = ["render_config", "yaml_scalar"]
 
@@ -56,6 +57,8 @@ def render_config(resolved: ResolvedConfig) -> str:
     attn_impl, why = resolved.attn_impl
     if why:
         lines.append(f"#   attn_impl: {attn_impl}  ({why})")
+    if is_cpu_deepspeed(resolved):
+        lines.append(f"#   deepspeed: {CPU_DEEPSPEED_NOTE}")
     return "\n".join(lines) + "\n"
 
 

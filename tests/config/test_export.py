@@ -126,7 +126,7 @@ def test_runtime_options_and_sidecar_round_trip(cfg, tmp_path):
     files = C.export_flat(r, str(tmp_path / "out" / "my run.yaml"))
     assert files.sidecar_json == str(tmp_path / "out" / "my run.swiftpack.json")
     assert files.plugin_py == str(tmp_path / "out" / "swiftpack_options_my_run.py")
-    assert C.load_sidecar(files.sidecar_json) == (options, 4)
+    assert C.load_sidecar(files.sidecar_json) == (options, 4, False)
     flat = yaml.safe_load(open(files.flat_yaml))
     assert flat["external_plugins"] == [files.plugin_py]
     assert flat["gradient_accumulation_steps"] == 2 and flat["tuner_type"] == "lora" and flat["check_model"] is False

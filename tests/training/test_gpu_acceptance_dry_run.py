@@ -30,9 +30,9 @@ def summary(tiny_model_dir, repo_root, tmp_path_factory):
 def test_every_check_ran_without_ms_swift(summary):
     s, md = summary
     assert s["dry_run"] is True and s["failed"] == [] and s["imported_ms_swift"] is False
-    assert list(s["checks"]) == ["isolation", "flash", "attention", "training", "memory"]
+    assert list(s["checks"]) == ["isolation", "flash", "attention", "training", "memory", "zero3"]
     assert s["checks"]["flash"]["skipped"] == "CPU run"
-    for heading in ("| isolation | passed |", "| training | passed |", "## Attention bench",
+    for heading in ("| isolation | passed |", "| training | passed |", "| zero3 | passed |", "## Attention bench",
                     "packed / padded samples/s", "## Peak memory per pack length"):
         assert heading in md
 
@@ -115,3 +115,11 @@ def test_skip_estimate_grows_the_dense_rows_extra_quadratically():
     history["sdpa_4d_mask"] = {8192: {"n": 8192, "seconds": 0.5, "mem_above_model": 50 * mib}}
     assert bench_attention.skip_reason("sdpa_4d_mask", 32768, history, 3, 19, 17).startswith(
         "skipped: estimated 20 s for the case, 0.4 GiB above model")
+
+
+def test_zero3_packed_steps_equal_the_plain_run(summary):
+    """DeepSpeed ZeRO-3 (CPU accelerator, one process) around packed rows of image samples: fp32 equality."""
+    z = summary[0]["checks"]["zero3"]
+    assert z["passed"] and z["tolerance"] == 1e-4 and len(z["losses"]["plain"]) == len(z["losses"]["zero3"]) == 2
+    assert z["losses"]["zero3"] == pytest.approx(z["losses"]["plain"], rel=1e-4)  # step 2 too, after the update
+    assert z["losses"]["plain"][1] != z["losses"]["plain"][0]  # the first step changed the weights

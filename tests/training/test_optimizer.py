@@ -75,3 +75,21 @@ def test_tiny_model_groups(mode, tiny_base, tiny_model_dir, tmp_path):
         assert vit and not any(p.requires_grad for p in vit)
     if mode == "full":
         assert all(p.requires_grad for p in model.parameters())
+
+
+def test_the_learning_rates_the_update_applies_are_recorded_per_part(tiny_base, tiny_model_dir, tmp_path):
+    """The pre-step hook sees the groups at the update (what DeepSpeed's wrapped optimizer also calls)."""
+    from swift.arguments import SftArguments
+    from swift.optimizers import optimizers_map
+    from swift.pipelines.train.tuner import TunerMixin
+
+    optimizer_module.register()
+    args = SftArguments(model=str(tiny_model_dir), model_type="qwen3_vl", dataset=["unused.jsonl"],
+                        check_model=False, torch_dtype="float32", output_dir=str(tmp_path), add_version=False,
+                        report_to=["none"], optimizer=OPTIMIZER_NAME, **LRS, **MODES["dora"][0])
+    model = TunerMixin.prepare_model(args, copy.deepcopy(tiny_base))
+    optimizer = optimizers_map[OPTIMIZER_NAME](args.training_args, None).create_optimizer(model)
+    assert not hasattr(optimizer, "swiftpack_applied_lrs")
+    optimizer.param_groups[2]["lr"] = 3e-5  # vit/decay, as a scheduler would set it
+    optimizer.step()
+    assert optimizer.swiftpack_applied_lrs == {"lr_llm": 2e-4, "lr_vit": 3e-5, "lr_aligner": 4e-4}

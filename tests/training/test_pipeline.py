@@ -83,3 +83,35 @@ def test_export_matches_ms_swift_yaml_parsing(tmp_path, monkeypatch):
     assert argv[argv.index("--gradient_accumulation_steps") + 1] == "32"
 
 
+
+
+# ----------------------------------------------------------------------------- DeepSpeed on the CPU
+def test_device_issues_without_a_gpu(monkeypatch):
+    from swift_plugins.training.pipeline import device_issues
+
+    monkeypatch.chdir(REPO)
+    zero3 = [("deepspeed.config", ["zero3"])]
+    no_cpu = C.resolve_config("configs/tiny/sft_packing.yaml", zero3 + [("training.use_cpu", ["false"])])
+    assert [str(i) for i in device_issues(no_cpu, {})] == [
+        "command line: training.use_cpu: must be true for DeepSpeed without a GPU (then DeepSpeed runs on its CPU "
+        "accelerator over gloo, in fp32); add --training.use_cpu true"]
+    cpu = C.resolve_config("configs/tiny/sft_packing.yaml", zero3, world_size=2)
+    assert device_issues(cpu, {"WORLD_SIZE": "2"}) == [] == device_issues(cpu, {"DS_ACCELERATOR": "cpu"})
+    assert [str(i) for i in device_issues(cpu, {"DS_ACCELERATOR": "cuda"})] == [
+        "environment: DS_ACCELERATOR: is 'cuda' but training.use_cpu is true with DeepSpeed; unset it (the run sets "
+        "cpu) or set training.use_cpu false on a GPU machine"]
+    ddp = C.resolve_config("configs/tiny/sft_packing.yaml", [("training.use_cpu", ["false"])], world_size=2)
+    assert [i.key for i in device_issues(ddp, {"WORLD_SIZE": "2"})] == ["training.use_cpu"]
+    assert device_issues(ddp, {}) == []
+
+
+def test_cpu_deepspeed_environment_of_a_rank_and_of_one_process():
+    from swift_plugins.training.pipeline import cpu_deepspeed_environment
+
+    rank = {"LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2", "DS_ACCELERATOR": "cpu"}
+    assert cpu_deepspeed_environment(rank, lambda: 1 / 0) == {"DS_ACCELERATOR": "cpu"}  # torchrun set the rest
+    assert cpu_deepspeed_environment({}, lambda: 29123) == {  # no torchrun: a world of one, not MPI discovery
+        "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29123"}
+    with pytest.raises(UserError, match=r"^environment: DS_ACCELERATOR: is 'cuda' but training.use_cpu is true"):
+        cpu_deepspeed_environment({"DS_ACCELERATOR": "cuda"}, lambda: 1)
