@@ -98,6 +98,21 @@ def _template_class():
                 res[SERVED_KEY] = torch.tensor([row + [-1] * (width - len(row)) for row in served], dtype=torch.int64)
             return res
 
+        def register_post_encode_hook(self, models: List[torch.nn.Module]) -> None:
+            """ms-swift's trainer calls this when training starts: also isolate linear-attention layers."""
+            super().register_post_encode_hook(models)
+            from swift_plugins.training.linear_attention import install_for_training
+
+            install_for_training(models, packing=bool(self.padding_free))
+
+        def remove_post_encode_hook(self):
+            from swift_plugins.training.linear_attention import uninstall
+
+            models = super().remove_post_encode_hook()
+            for model in models:
+                uninstall(model)
+            return models
+
         def _data_collator(self, batch: List[Dict[str, Any]], *, padding_to: Optional[int] = None) -> Dict[str, Any]:
             res = super()._data_collator(batch, padding_to=padding_to)
             text = res.get("text_position_ids")
