@@ -106,9 +106,11 @@ def isolated_forward(module: torch.nn.Module, hidden_states: torch.Tensor, cache
     if attention_mask is not None and not bool(attention_mask.all()):
         raise ValueError("a packed row with padding: pass either a padding mask or cu_seq_lens, not both")
     rest = {k: v for k, v in kwargs.items() if k not in _VARLEN_KEYS}
-    flat = hidden_states.reshape(1, batch * seq_len, hidden)
-    pieces = [forward(module, flat[:, s:e], cache_params=None, attention_mask=None, **rest)
-              for s, e in zip(bounds, bounds[1:]) if e > s]
+    # split, not slicing: its backward writes each segment's gradient into one row once
+    segments = torch.split(hidden_states.reshape(1, batch * seq_len, hidden),
+                           [e - s for s, e in zip(bounds, bounds[1:])], dim=1)
+    pieces = [forward(module, seg, cache_params=None, attention_mask=None, **rest)
+              for seg in segments if seg.shape[1]]
     return torch.cat(pieces, dim=1).reshape(batch, seq_len, -1)
 
 
