@@ -1,4 +1,4 @@
-"""Build the tiny offline Qwen3-VL used by tests and the demo: python scripts/make_tiny_model.py OUT_DIR"""
+"""Build a tiny offline Qwen-VL checkpoint for tests and the demo: python scripts/make_tiny_model.py OUT_DIR [--family MODEL_TYPE]"""
 import sys
 
 from swift_plugins.dev.tiny_model import main

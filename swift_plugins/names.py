@@ -4,14 +4,14 @@ Defined once here (plain strings, no imports) and imported by the config schema,
 them into ms-swift arguments, and by ``swift_plugins.training``, which registers them::
 
     YAML key                          ms-swift argument                 registry
-    training.packing: true        ->  --template qwen3_vl_packing       swift TEMPLATE_MAPPING
+    training.packing: true        ->  --template <family>_packing       swift TEMPLATE_MAPPING
+                                      (names in swift_plugins.families.FAMILIES: qwen3_vl_packing, ...)
     training.optimizer: multimodal -> --optimizer swiftpack_multimodal  swift optimizers_map
     model.attn_impl: swiftpack_varlen -> --attn_impl swiftpack_varlen   transformers AttentionInterface
     training.save_delay_steps: N  ->  --callbacks swiftpack_save_delay  swift callbacks_map
 """
 from __future__ import annotations
 
-PACKING_TEMPLATE = "qwen3_vl_packing"
 OPTIMIZER_NAME = "swiftpack_multimodal"
 VARLEN_ATTENTION = "swiftpack_varlen"
 CALLBACK_SAVE_DELAY = "swiftpack_save_delay"

@@ -33,11 +33,26 @@ def repo_root() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
-    """Path of the tiny Qwen3-VL checkpoint (scripts/make_tiny_model.py), built once per session."""
+def tiny_family_dir(tmp_path_factory):
+    """Factory: ``tiny_family_dir("qwen2_5_vl")`` -> path of that family's tiny checkpoint
+    (scripts/make_tiny_model.py --family MODEL_TYPE), each family built at most once per session."""
     from swift_plugins.dev.tiny_model import build
 
-    return build(tmp_path_factory.mktemp("models") / "tiny-qwen3-vl")
+    built: dict[str, pathlib.Path] = {}
+
+    def get(model_type: str) -> pathlib.Path:
+        if model_type not in built:
+            folder = tmp_path_factory.mktemp("models") / f"tiny-{model_type.replace('_', '-')}"
+            built[model_type] = build(folder, family_name=model_type)
+        return built[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_family_dir) -> pathlib.Path:
+    """Path of the tiny Qwen3-VL checkpoint (scripts/make_tiny_model.py), built once per session."""
+    return tiny_family_dir("qwen3_vl")
 
 
 @pytest.fixture(scope="session")

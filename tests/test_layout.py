@@ -231,10 +231,11 @@ from swift.optimizers import optimizers_map
 from swift.template import TEMPLATE_MAPPING
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
+from swift_plugins.families import FAMILIES
 from swift_plugins.names import (CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, CALLBACK_PACKING, OPTIMIZER_NAME,
-                                 PACKING_TEMPLATE, VARLEN_ATTENTION)
+                                 VARLEN_ATTENTION)
 from swift_plugins.training import attention
-names = lambda: (PACKING_TEMPLATE in TEMPLATE_MAPPING, OPTIMIZER_NAME in optimizers_map,
+names = lambda: (all(f.packing_template in TEMPLATE_MAPPING for f in FAMILIES.values()), OPTIMIZER_NAME in optimizers_map,
                  all(n in callbacks_map for n in (CALLBACK_DATA_ORDER, CALLBACK_PACKING, CALLBACK_EVAL_TOKEN_MEAN)),
                  AttentionInterface._global_mapping.get(VARLEN_ATTENTION) is attention.varlen_attention_forward,
                  AttentionMaskInterface._global_mapping.get(VARLEN_ATTENTION) is attention.varlen_attention_mask)

@@ -23,9 +23,10 @@ Measure on your hardware before trusting the last GiB.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
+
+from swift_plugins.families import TextKeys, VisionKeys, family_for_config, read_config
 
 GIB = 1024 ** 3
 OVERHEAD_BYTES = 2 * GIB
@@ -33,7 +34,11 @@ OVERHEAD_BYTES = 2 * GIB
 
 @dataclass(frozen=True)
 class ModelShape:
-    """Sizes read from a Qwen3-VL config.json (text + vision towers)."""
+    """Sizes read from a supported checkpoint's config.json (text + vision towers), by its family's keys.
+
+    A MoE language model (``moe_layers`` > 0) keeps every expert resident (``llm_params`` counts all
+    ``experts``) while each token runs through ``experts_per_token`` of them (activations).
+    """
     hidden: int
     intermediate: int
     layers: int
@@ -43,6 +48,10 @@ class ModelShape:
     vocab: int
     vision_params: int
     llm_params: int
+    moe_layers: int = 0
+    experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate: int = 0
 
     @property
     def total_params(self) -> int:
@@ -50,28 +59,80 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, model_path) -> "ModelShape":
-        with open(os.path.join(os.fspath(model_path), "config.json"), encoding="utf-8") as f:
-            cfg = json.load(f)
-        t, v = cfg.get("text_config", cfg), cfg.get("vision_config", {})
+        """Read ``model_path``/config.json; its ``model_type`` picks the keys (:mod:`swift_plugins.families`)."""
+        cfg = read_config(model_path)
+        family = family_for_config(cfg, where=os.path.join(os.fspath(model_path), "config.json"))
+        t = {**cfg, **cfg.get("text_config", {})}  # Qwen2-VL configs keep the text sizes at the top level
         h, i, n = t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"]
         heads = t["num_attention_heads"]
-        kv = t.get("num_key_value_heads", heads)
-        hd = t.get("head_dim", h // heads)
-        vocab = t["vocab_size"]
-        per_layer = h * hd * (heads + 2 * kv) + heads * hd * h + 3 * h * i + 2 * h
+        kv = t.get("num_key_value_heads") or heads
+        hd = t.get("head_dim") or h // heads
+        moe = _moe_layout(t, n) if family.text.moe else (0, 0, 0, 0)
         tied = cfg.get("tie_word_embeddings", t.get("tie_word_embeddings", False))
-        llm = n * per_layer + vocab * h * (1 if tied else 2) + h
-        vh, vi, vd = v.get("hidden_size", 0), v.get("intermediate_size", 0), v.get("depth", 0)
-        vision = vd * (4 * vh * vh + 2 * vh * vi) + 4 * vh * vh + vh * v.get("out_hidden_size", h) * 4
-        return cls(hidden=h, intermediate=i, layers=n, heads=heads, kv_heads=kv, head_dim=hd, vocab=vocab,
-                   vision_params=int(vision), llm_params=int(llm))
+        llm = (_text_layers(family.text, h, i, n, heads, kv, hd, moe) + t["vocab_size"] * h * (1 if tied else 2)
+               + h)
+        return cls(hidden=h, intermediate=i, layers=n, heads=heads, kv_heads=kv, head_dim=hd, vocab=t["vocab_size"],
+                   vision_params=vision_params(family.vision, cfg.get("vision_config", {})), llm_params=int(llm),
+                   moe_layers=moe[0], experts=moe[1], experts_per_token=moe[2], moe_intermediate=moe[3])
+
+    @property
+    def active_intermediate(self) -> int:
+        """MLP width one token of a MoE layer runs through (its routed experts)."""
+        return self.experts_per_token * self.moe_intermediate
 
     def lora_params(self, rank: int, dora: bool = False) -> int:
+        """LoRA on every linear layer of the language model: attention, and the MLP of dense layers (a MoE
+        layer's experts are fused parameter tensors and its router a plain weight: no linear layers)."""
         h, i, hd = self.hidden, self.intermediate, self.head_dim
-        shapes = [(h, self.heads * hd), (h, self.kv_heads * hd), (h, self.kv_heads * hd), (self.heads * hd, h),
-                  (h, i), (h, i), (i, h)]
-        per_layer = sum(rank * (a + b) + (b if dora else 0) for a, b in shapes)
-        return self.layers * per_layer
+        attention = [(h, self.heads * hd), (h, self.kv_heads * hd), (h, self.kv_heads * hd), (self.heads * hd, h)]
+        mlp = [(h, i), (h, i), (i, h)]
+
+        def per_layer(shapes):
+            return sum(rank * (a + b) + (b if dora else 0) for a, b in shapes)
+
+        return (self.layers - self.moe_layers) * per_layer(attention + mlp) + self.moe_layers * per_layer(attention)
+
+
+def _moe_layout(t: dict, layers: int) -> tuple[int, int, int, int]:
+    """(MoE layers, experts, experts per token, expert width): transformers' rule for which layers are sparse."""
+    step, dense = t.get("decoder_sparse_step", 1), set(t.get("mlp_only_layers") or [])
+    experts = t["num_experts"]
+    sparse = sum(1 for k in range(layers) if k not in dense and experts > 0 and (k + 1) % step == 0)
+    return sparse, experts, t["num_experts_per_tok"], t["moe_intermediate_size"]
+
+
+def _text_layers(keys: TextKeys, h: int, i: int, n: int, heads: int, kv: int, hd: int, moe: tuple) -> int:
+    """Parameters of the decoder layers: attention (+ q/k/v biases, + q/k norms), MLP or experts + router, 2 norms."""
+    attention = h * hd * (heads + 2 * kv) + heads * hd * h
+    attention += hd * (heads + 2 * kv) if keys.qkv_bias else 0
+    attention += 2 * hd if keys.qk_norm else 0
+    sparse, experts, _, moe_i = moe
+    dense_mlp, moe_mlp = 3 * h * i, experts * 3 * h * moe_i + experts * h
+    return n * (attention + 2 * h) + (n - sparse) * dense_mlp + sparse * moe_mlp
+
+
+def vision_params(keys: VisionKeys, v: dict) -> int:
+    """Parameters of the vision tower from its config by the family's keys (0 without a vision_config).
+
+    Patch embedding (a Conv3d over temporal x patch x patch pixels), learned positions, ``depth``
+    blocks (2 norms, qkv + proj with biases, MLP with biases), the merger (norm, 2 linear layers over
+    merge^2 patches) and one more merger per DeepStack layer (its norm over the merged width).
+    """
+    if not v:
+        return 0
+    w, out = v[keys.width], v[keys.out]
+    mlp = v[keys.intermediate] if keys.intermediate else w * v[keys.mlp_ratio]
+    patch = v.get("patch_size", v.get("spatial_patch_size", 14))
+    pixels = v.get("in_channels", v.get("in_chans", 3)) * v.get("temporal_patch_size", 2) * patch * patch
+    merged = w * v.get("spatial_merge_size", 2) ** 2
+    embed = pixels * w + (w if keys.patch_bias else 0)
+    embed += v[keys.position_embeddings] * w if keys.position_embeddings else 0
+    mlp_params = (3 * w * mlp + 2 * mlp if keys.gated else 2 * w * mlp + mlp) + w  # biases on every linear
+    block = 2 * keys.norm_params * w + 4 * w * w + 4 * w + mlp_params  # norms, qkv + proj, MLP
+    merger_mlp = merged * merged + merged + merged * out + out
+    deepstack = len(v.get(keys.deepstack) or []) if keys.deepstack else 0
+    return (embed + v["depth"] * block + keys.norm_params * w + merger_mlp
+            + deepstack * (keys.norm_params * merged + merger_mlp))
 
 
 @dataclass(frozen=True)
@@ -95,17 +156,23 @@ def estimate_step_memory(shape: ModelShape, seq_len: int, setup: MemorySetup) ->
         trainable = shape.lora_params(setup.lora_rank, dora=setup.tuner == "dora")
     grads = trainable * 2 / (w if setup.zero_stage >= 2 else 1)
     optimizer = trainable * 12 / (w if setup.zero_stage >= 1 else 1)
-    per_token_layer = (16 * shape.hidden + 6 * shape.intermediate) * 2
-    if setup.gradient_checkpointing:
-        activations = shape.layers * seq_len * shape.hidden * 2 + seq_len * per_token_layer
-    else:
-        activations = shape.layers * seq_len * per_token_layer
+    activations = _activations(shape, seq_len, setup.gradient_checkpointing)
     logits = seq_len * shape.vocab * 10
     parts = {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": activations,
              "logits": logits, "overhead": OVERHEAD_BYTES}
     parts = {k: float(v) for k, v in parts.items()}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def _activations(shape: ModelShape, seq_len: int, checkpointing: bool) -> float:
+    """Bytes of saved activations; a MoE layer's MLP term follows the routed experts' width."""
+    dense = (16 * shape.hidden + 6 * shape.intermediate) * 2
+    routed = (16 * shape.hidden + 6 * shape.active_intermediate) * 2
+    per_layer = [dense] * (shape.layers - shape.moe_layers) + [routed] * shape.moe_layers
+    if checkpointing:  # one saved input per layer + the largest layer recomputed
+        return shape.layers * seq_len * shape.hidden * 2 + seq_len * max(per_layer, default=0)
+    return seq_len * sum(per_layer)
 
 
 def memory_table(shape: ModelShape, seq_lens, setup: MemorySetup) -> list[dict]:

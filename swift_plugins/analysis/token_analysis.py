@@ -37,6 +37,7 @@ from swift_plugins.data.conversation import EMIT_NORMS, OBJECT_ORDERINGS, Conver
 from swift_plugins.data.reader import write_skip_report
 from swift_plugins.data.records import ON_ERROR_CHOICES, RECORD_FORMATS
 from swift_plugins.errors import UserError, run_main
+from swift_plugins.families import counting_template, family_of_model
 from swift_plugins.files import atomic_write_text
 from swift_plugins.lengths.dataset import KIND_CODES
 from swift_plugins.packing.planner import DEFAULT_STRATEGY, STRATEGIES
@@ -77,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clear_cache", action="store_true",
                    help="ignore and rebuild the cache entry for these inputs")
     g = p.add_argument_group("conversation and template (must match training)")
-    g.add_argument("--model_type", default="qwen3_vl", help="ms-swift model type")
-    g.add_argument("--template", default="qwen3_vl", help="ms-swift template type")
+    g.add_argument("--model_type", default=None,
+                   help="ms-swift model type (default: the family's, from the model's config.json model_type)")
+    g.add_argument("--template", default=None,
+                   help="ms-swift template type (default: the family's; its packing template counts the same)")
     g.add_argument("--max_pixels", type=int, default=None,
                    help="template max_pixels (ms-swift --max_pixels); images above it are scaled down first")
     g.add_argument("--prompt", default=None, help="user prompt (default: the data layer's DEFAULT_PROMPT)")
@@ -184,8 +187,8 @@ class AnalysisOptions:
     num_workers: int
     cache_dir: Optional[str]
     clear_cache: bool
-    model_type: str
-    template: str
+    model_type: Optional[str]
+    template: Optional[str]
     max_pixels: Optional[int]
     prompt: Optional[str]
     object_ordering: str
@@ -242,10 +245,12 @@ def run(args: AnalysisOptions) -> dict:
     t_start = time.perf_counter()
     options = ConversationOptions(prompt=args.prompt, object_ordering=args.object_ordering, emit_norm=args.emit_norm,
                                   seed=args.seed)
-    log(f"analyze_token_lengths: {', '.join(args.train_jsonl)} with {args.model_path} (template {args.template}, "
-        f"max_pixels {args.max_pixels})")
+    family = family_of_model(args.model_path)
+    template = counting_template(family, args.template, "--template")
+    log(f"analyze_token_lengths: {', '.join(args.train_jsonl)} with {args.model_path} ({family.title}, template "
+        f"{template}, max_pixels {args.max_pixels})")
     t0 = time.perf_counter()
-    counter = load_counter(args.model_path, model_type=args.model_type, template_type=args.template,
+    counter = load_counter(args.model_path, model_type=args.model_type or family.swift_model_type, template_type=template,
                            max_pixels=args.max_pixels, user_texts=("<image>" + options.resolved_prompt,),
                            cache_dir=args.cache_dir or None, clear_cache=args.clear_cache)
     log(f"template calibrated in {time.perf_counter() - t0:.1f}s; image rule {counter.rule.to_dict()}")
@@ -269,7 +274,7 @@ def run(args: AnalysisOptions) -> dict:
     stats = dataset_stats(lengths, summary)
     stats["files"] = file_rows(lengths)
     stats["inputs"] = {"train_jsonl": list(args.train_jsonl), "model_path": args.model_path,
-                       "template": args.template, "max_pixels": args.max_pixels, "record_format": args.record_format,
+                       "family": family.model_type, "template": template, "max_pixels": args.max_pixels, "record_format": args.record_format,
                        "conversation": options.to_dict(), "image_rule": counter.rule.to_dict(),
                        "max_samples": args.max_samples}
     _write_json(os.path.join(args.output_dir, "dataset_stats.json"), stats)

@@ -22,9 +22,10 @@ from swift_plugins.config.resolve import ResolvedConfig
 from swift_plugins.config.schema import OURS, SCHEMA_LEAVES, SWIFT
 from swift_plugins.data.conversation import ConversationOptions
 from swift_plugins.errors import UserError
+from swift_plugins.families import DEFAULT_FAMILY, FAMILIES, Family, family_of_model
 from swift_plugins.files import atomic_write_text
 from swift_plugins.names import (CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, CALLBACK_SAVE_DELAY, FIELD_PREFIX,
-                                 OPTIMIZER_NAME, PACKING_TEMPLATE)
+                                 OPTIMIZER_NAME)
 
 __all__ = ["SIDECAR_FORMAT", "ExportedFiles", "RuntimeOptions", "export_flat", "flat_swift_args", "load_sidecar",
            "runtime_options", "swift_argv"]
@@ -83,10 +84,38 @@ def load_sidecar(path: str) -> Tuple[Any, int]:
     return RuntimeOptions(**data["options"]), int(data["world_size"])
 
 
+def model_family(resolved: ResolvedConfig) -> Optional[Family]:
+    """The family of ``model.model`` when it is a local folder with a config.json (else None: a hub id,
+    or a folder not there yet; training then checks the loaded model against the template)."""
+    path = resolved.config.model.model
+    if path is None or not os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    return family_of_model(path)
+
+
+def _family_names(resolved: ResolvedConfig, family: Optional[Family]) -> Dict[str, str]:
+    """``model_type`` (when the config leaves it null) and, with packing, ``template`` for ms-swift."""
+    cfg = resolved.config
+    out = {}
+    if family is not None and cfg.model.model_type is None:
+        out["model_type"] = family.swift_model_type
+    if cfg.training.packing:
+        chosen = cfg.template.template
+        packing_family = family or FAMILIES[DEFAULT_FAMILY]
+        if family is not None and chosen not in (None, family.template, family.packing_template):
+            source = resolved.sources.get("template.template", resolved.files[-1])
+            raise UserError(f"{source}: template.template: {chosen!r} is not the {family.title} template of "
+                            f"{cfg.model.model} (set template.template: null; packing uses "
+                            f"{family.packing_template!r})")
+        out["template"] = packing_family.packing_template
+    return out
+
+
 def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = False) -> Dict[str, Any]:
     """ms-swift arguments (name -> YAML value) for ``swift sft``; None values are left out.
 
-    Always explicit: ``tuner_type``, ``check_model``, ``gradient_accumulation_steps``. Our keys are
+    Always explicit: ``tuner_type``, ``check_model``, ``gradient_accumulation_steps``; ``model_type``
+    and, with packing, ``template`` come from the model's family (:func:`model_family`). Our keys are
     not here (ms-swift rejects unknown arguments) unless ``with_runtime_fields`` (entry point args:
     ``swiftpack_<name>`` fields of :class:`swift_plugins.training.pipeline.SwiftpackSftArguments`).
     """
@@ -102,8 +131,8 @@ def flat_swift_args(resolved: ResolvedConfig, *, with_runtime_fields: bool = Fal
             value = resolved.gradient_accumulation_steps
         if value is not None and value != []:  # ms-swift's list arguments take nargs="+"
             out[leaf.meta["name"]] = value
-    if cfg.training.packing:  # the packing template isolates packed samples (swift_plugins.training.template)
-        out["template"] = PACKING_TEMPLATE
+    out.update(_family_names(resolved, model_family(resolved)))
+    if cfg.training.packing:  # the family's packing template isolates packed samples (training/template.py)
         if resolved.attn_impl[0] is not None:  # sdpa -> swiftpack_varlen: no L x L mask (resolve.packed_attn_impl)
             out["attn_impl"] = resolved.attn_impl[0]
         # fresh dataloader workers each epoch see the epoch's pack order (persistent ones would not)

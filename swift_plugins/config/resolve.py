@@ -29,7 +29,8 @@ from swift_plugins.config.schema import (NODE_TYPES, PRESET_DEEPSPEED, RESERVED_
                                          Config, children, is_section, leaf_by_path)
 from swift_plugins.config.values import (ConfigError, Issue, check_value, parse_tokens, range_problem, show,
                                          type_word, unknown_key_issue)
-from swift_plugins.names import PACKING_TEMPLATE, VARLEN_ATTENTION
+from swift_plugins.families import FAMILIES
+from swift_plugins.names import VARLEN_ATTENTION
 
 __all__ = ["ResolvedConfig", "missing_paths", "resolve_config", "resolve_world_size", "world_size_from_env"]
 
@@ -257,11 +258,11 @@ def _cross_checks(cfg: Dict[str, Any], src: Dict[str, str], bad: set, top: str, 
     if ok("training.packing", "training.global_max_length") and t("packing") and t("global_max_length") is None:
         issues.append(Issue(source("training.packing"), "training.global_max_length",
                             "required with training.packing true (tokens per pack, e.g. 20000)"))
-    if ok("training.packing", "template.template") and t("packing") \
-            and cfg["template.template"] not in (None, "qwen3_vl", PACKING_TEMPLATE):
+    packable = {None} | {name for f in FAMILIES.values() for name in (f.template, f.packing_template)}
+    if ok("training.packing", "template.template") and t("packing") and cfg["template.template"] not in packable:
         issues.append(Issue(source("template.template"), "template.template",
-                            f"{cfg['template.template']!r} cannot pack: training.packing uses {PACKING_TEMPLATE!r} "
-                            f"(Qwen3-VL with isolated samples); set template.template: null"))
+                            f"{cfg['template.template']!r} cannot pack: training.packing uses the model family's "
+                            f"packing template (isolated samples); set template.template: null"))
     if ok("training.packing", "training.eval_packing") and t("eval_packing") and not t("packing"):
         issues.append(Issue(source("training.eval_packing"), "training.eval_packing",
                             "needs training.packing true (or set eval_packing false)"))

@@ -53,11 +53,11 @@ class LengthCounter:
 
     def __init__(self, tokenizer, rule: ImageTokenRule, frames: Optional[dict] = None,
                  measure_frame: Optional[Callable[["LengthCounter", str, int], int]] = None,
-                 chat: Optional[ChatFrame] = None, chat_error: Optional[str] = None):
+                 chat: Optional[ChatFrame] = None, chat_error: Optional[str] = None, family: Optional[str] = None):
         """``tokenizer``: a ``tokenizers.Tokenizer`` or its JSON string; ``measure_frame(counter,
         user_text, num_images)`` measures a frame not in ``frames`` with the real template;
         ``chat``: the template's chat layout, needed by :meth:`count_messages` (``chat_error``: why
-        the template has none)."""
+        the template has none); ``family``: the model family's ``model_type`` (part of cache keys)."""
         from tokenizers import Tokenizer
 
         self._tok = Tokenizer.from_str(tokenizer) if isinstance(tokenizer, str) else tokenizer
@@ -67,6 +67,7 @@ class LengthCounter:
         self._measure_frame = measure_frame
         self.chat = chat
         self.chat_error = chat_error
+        self.family = family
 
     # -- picklable state for worker processes -------------------------------------------------
     def state(self, user_texts_and_counts: Iterable[tuple[str, int]] = ()) -> dict:
@@ -75,12 +76,12 @@ class LengthCounter:
         if self._tokenizer_json is None:
             self._tokenizer_json = self._tok.to_str()
         return {"tokenizer_json": self._tokenizer_json, "rule": self.rule, "frames": dict(self._frames),
-                "chat": self.chat, "chat_error": self.chat_error}
+                "chat": self.chat, "chat_error": self.chat_error, "family": self.family}
 
     @classmethod
     def from_state(cls, state: dict) -> "LengthCounter":
         return cls(state["tokenizer_json"], state["rule"], state["frames"], chat=state.get("chat"),
-                   chat_error=state.get("chat_error"))
+                   chat_error=state.get("chat_error"), family=state.get("family"))
 
     # -- counting -------------------------------------------------------------------------------
     def frame(self, user_text: str, num_images: int) -> int:

@@ -218,6 +218,7 @@ def cache_key(path: str, counter: LengthCounter, options: dict, *, on_error: str
         "data_path": os.path.abspath(path),  # image paths (check_images) resolve against it
         "tokenizer": hashlib.blake2b(state["tokenizer_json"].encode(), digest_size=16).hexdigest(),
         "rule": counter.rule.to_dict(),
+        "family": counter.family,
         "frame": prompt_frame,
         "chat": None if counter.chat is None else counter.chat.to_dict(),
         "chat_error": counter.chat_error,

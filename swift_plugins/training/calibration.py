@@ -31,6 +31,7 @@ import os
 import pathlib
 from typing import Optional
 
+from swift_plugins.families import Family, family_for_config, family_of_model, image_rule
 from swift_plugins.files import atomic_write_text
 from swift_plugins.lengths.chat import ChatFrame, content_pieces
 from swift_plugins.lengths.counter import LengthCounter
@@ -38,7 +39,8 @@ from swift_plugins.lengths.dataset import CACHE_FORMAT, code_digest
 from swift_plugins.lengths.image_rule import ImageTokenRule
 
 __all__ = ["CHAT_PROBES", "LOSS_LAYOUTS", "RESIZE_ENV_VARS", "ChatLayoutError", "chat_frame", "counter_cache_key",
-           "counter_from_template", "image_rule_from_template", "load_counter", "load_template", "measure_frame"]
+           "counter_from_template", "image_rule_from_template", "load_counter", "load_template", "measure_frame",
+           "template_family"]
 
 IMAGE_PAD_TOKEN = "<|image_pad|>"
 CALIBRATION_IMAGE = (64, 64)  # in-memory calibration images: 4 tokens each for Qwen3-VL
@@ -47,17 +49,39 @@ CALIBRATION_IMAGE = (64, 64)  # in-memory calibration images: 4 tokens each for 
 LOSS_LAYOUTS = {"default": (0.0, 1.0, 1.0), "last_round": (0.0, 0.0, 1.0), "all": (1.0, 1.0, 1.0)}
 
 
+def template_family(template) -> Family:
+    """The family of the model a loaded ms-swift template was built for (its config.json ``model_type``)."""
+    info = template.model_info
+    return family_for_config({"model_type": info.config.model_type},
+                             where=os.path.join(os.fspath(info.model_dir), "config.json"))
+
+
 def image_rule_from_template(template) -> ImageTokenRule:
-    """Read the rule off a loaded ms-swift template (after ms-swift patched qwen-vl-utils)."""
+    """The family's rule (:func:`swift_plugins.families.image_rule`) for the template's processor,
+    checked against what ms-swift set up in qwen-vl-utils and the template's image token id.
+
+    ms-swift reads the resize environment into qwen-vl-utils once per process; a variable changed
+    after that, or a second family loaded in the same process with ``MAX_PIXELS`` set, would make
+    the two differ: that is a RuntimeError, never a silent miscount.
+    """
     from qwen_vl_utils import vision_process as vp
 
+    family = template_family(template)
     image_processor = template.processor.image_processor
-    patch = int(image_processor.patch_size)
-    merge = int(getattr(vp, "SPATIAL_MERGE_SIZE", image_processor.merge_size))
-    factor = patch * merge
-    return ImageTokenRule(patch_size=patch, merge_size=merge, min_pixels=int(vp.IMAGE_MIN_TOKEN_NUM) * factor ** 2,
-                          max_pixels=int(vp.IMAGE_MAX_TOKEN_NUM) * factor ** 2,
-                          template_max_pixels=template.max_pixels, max_ratio=float(vp.MAX_RATIO))
+    rule = image_rule(family, os.environ, processor_patch=int(image_processor.patch_size),
+                      processor_merge=int(image_processor.merge_size), template_max_pixels=template.max_pixels)
+    factor = rule.factor
+    loaded = (int(vp.SPATIAL_MERGE_SIZE), int(vp.IMAGE_MIN_TOKEN_NUM) * factor ** 2,
+              int(vp.IMAGE_MAX_TOKEN_NUM) * factor ** 2, float(vp.MAX_RATIO))
+    expected = (rule.merge_size, rule.min_pixels, rule.max_pixels, rule.max_ratio)
+    if loaded != expected:
+        raise RuntimeError(f"qwen-vl-utils resizes with (merge, min_pixels, max_pixels, max_ratio) {loaded} in this "
+                           f"process, the {family.title} rule under this environment says {expected}: set the resize "
+                           f"variables ({', '.join(RESIZE_ENV_VARS)}) before the first model is loaded")
+    if template.image_token_id != family.tokens.image_pad:
+        raise RuntimeError(f"template {template.template_meta.template_type} expands image token id "
+                           f"{template.image_token_id}, the {family.title} row says {family.tokens.image_pad}")
+    return rule
 
 
 def counter_from_template(template) -> LengthCounter:
@@ -65,7 +89,8 @@ def counter_from_template(template) -> LengthCounter:
     measuring missing frames with the template, calibrated for messages records (:func:`chat_frame`)."""
     backend = template.processor.tokenizer.backend_tokenizer
     counter = LengthCounter(backend, image_rule_from_template(template),
-                            measure_frame=functools.partial(measure_frame, template))
+                            measure_frame=functools.partial(measure_frame, template),
+                            family=template_family(template).model_type)
     try:
         counter.chat = chat_frame(template, counter)
     except ChatLayoutError as e:  # LVIS records still count; messages records refuse with this reason
@@ -107,14 +132,17 @@ def _s(text):
 
 
 # Calibration conversations. The first four give the fast count's constants (one turn; + system;
-# + a round; + an image); all are then counted both ways and compared with template.encode, on
-# awkward seams: leading / trailing spaces and newlines next to the chat markers, unicode (NFC
-# composition, CJK), images first / last / adjacent, an empty user text, an empty system (= none).
+# + a round; + an image), each without a system prompt but the second: an empty system message,
+# because a row with no system message gets the template's default one (Qwen2-VL, Qwen2.5-VL).
+# All are then counted both ways and compared with template.encode, on awkward seams: leading /
+# trailing spaces and newlines next to the chat markers, unicode (NFC composition, CJK), images
+# first / last / adjacent, an empty user text, no system message (= the default, if any).
 CHAT_PROBES = (
-    (_u("a"), _a("b")),
+    (_s(""), _u("a"), _a("b")),
     (_s("s"), _u("a"), _a("b")),
-    (_u("a"), _a("b"), _u("c"), _a("d")),
-    (_u("<image>a"), _a("b")),
+    (_s(""), _u("a"), _a("b"), _u("c"), _a("d")),
+    (_s(""), _u("<image>a"), _a("b")),
+    (_u("a"), _a("b")),
     (_s("\n  Be brief. \n"), _u("\n\nLook <image>\n"), _a("\n\n dog \n"), _u("<image><image>"),
      _a("  nai\u0308ve café 日本語\t\n\n"), _u(""), _a(" ok")),
     (_u(" \n<image>x\n\n<image>"), _a("\n\n  [1, 2]")),
@@ -231,11 +259,15 @@ def _fast_rest(template, counter: LengthCounter, frame: ChatFrame, messages) -> 
     return total - sum(counter.text_tokens(pieces)) - n * counter.image_tokens(*CALIBRATION_IMAGE)
 
 
-def load_template(model_path, *, model_type: str = "qwen3_vl", template_type: str = "qwen3_vl",
+def load_template(model_path, *, model_type: Optional[str] = None, template_type: Optional[str] = None,
                   max_pixels: Optional[int] = None):
-    """An ms-swift template in train mode for ``model_path`` (a local folder; no hub access, no weights)."""
+    """An ms-swift template in train mode for ``model_path`` (a local folder; no hub access, no weights);
+    ``model_type`` / ``template_type`` None: the family's (:func:`swift_plugins.families.family_of_model`)."""
     from swift import get_model_processor, get_template
 
+    family = family_of_model(model_path)
+    model_type = model_type or family.swift_model_type
+    template_type = template_type or family.template
     _, processor = get_model_processor(os.fspath(model_path), model_type=model_type, load_model=False,
                                        download_model=False)
     template = get_template(processor, template_type=template_type, max_pixels=max_pixels)
@@ -251,8 +283,8 @@ _MODEL_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.
                 "chat_template.jinja", "chat_template.json")
 
 
-def counter_cache_key(model_path, *, model_type: str, template_type: str, max_pixels: Optional[int],
-                      user_texts: tuple) -> str:
+def counter_cache_key(model_path, *, model_type: Optional[str], template_type: Optional[str],
+                      max_pixels: Optional[int], user_texts: tuple) -> str:
     """Everything the template-derived counter state depends on, hashed without importing ms-swift."""
     import importlib.metadata as md
 
@@ -260,7 +292,8 @@ def counter_cache_key(model_path, *, model_type: str, template_type: str, max_pi
     for name in _MODEL_FILES:
         p = os.path.join(os.fspath(model_path), name)
         h.update(name.encode() + (pathlib.Path(p).read_bytes() if os.path.exists(p) else b"<absent>"))
-    parts = {"model_type": model_type, "template": template_type, "max_pixels": max_pixels,
+    parts = {"family": family_of_model(model_path).model_type, "model_type": model_type, "template": template_type,
+             "max_pixels": max_pixels,
              "user_texts": list(user_texts), "env": {k: os.environ.get(k) for k in RESIZE_ENV_VARS},
              "versions": [md.version(p) for p in ("ms-swift", "qwen-vl-utils", "transformers", "tokenizers")],
              "code": code_digest(), "format": CACHE_FORMAT}
@@ -268,13 +301,13 @@ def counter_cache_key(model_path, *, model_type: str, template_type: str, max_pi
     return h.hexdigest()
 
 
-def load_counter(model_path, *, model_type: str = "qwen3_vl", template_type: str = "qwen3_vl",
+def load_counter(model_path, *, model_type: Optional[str] = None, template_type: Optional[str] = None,
                  max_pixels: Optional[int] = None, user_texts: tuple = (), cache_dir=None,
                  clear_cache: bool = False) -> LengthCounter:
     """A LengthCounter calibrated for ``user_texts`` (one image each), from cache when possible.
 
-    The cache entry (tokenizer, image rule, calibrated frames, chat layout) is keyed by the model folder's
-    tokenizer/processor/config files, template type, max_pixels, the resize environment variables
+    The cache entry (tokenizer, image rule, calibrated frames, chat layout) is keyed by the model's family,
+    its tokenizer/processor/config files, template type, max_pixels, the resize environment variables
     and package versions, so a rerun skips importing ms-swift and loading the processor.
     """
     path = None
@@ -290,7 +323,7 @@ def load_counter(model_path, *, model_type: str = "qwen3_vl", template_type: str
                 "tokenizer_json": state["tokenizer_json"], "rule": ImageTokenRule(**state["rule"]),
                 "frames": {(t, n): v for t, n, v in state["frames"]},
                 "chat": None if state["chat"] is None else ChatFrame(**state["chat"]),
-                "chat_error": state["chat_error"]})
+                "chat_error": state["chat_error"], "family": state["family"]})
     template = load_template(model_path, model_type=model_type, template_type=template_type, max_pixels=max_pixels)
     counter = counter_from_template(template)
     state = counter.state((t, 1) for t in user_texts)
@@ -298,5 +331,6 @@ def load_counter(model_path, *, model_type: str = "qwen3_vl", template_type: str
         atomic_write_text(path, json.dumps({
             "tokenizer_json": state["tokenizer_json"], "rule": state["rule"].to_dict(),
             "frames": [[t, n, v] for (t, n), v in sorted(state["frames"].items())],
-            "chat": None if state["chat"] is None else state["chat"].to_dict(), "chat_error": state["chat_error"]}))
+            "chat": None if state["chat"] is None else state["chat"].to_dict(), "chat_error": state["chat_error"],
+            "family": state["family"]}))
     return counter

@@ -30,11 +30,11 @@ from swift_plugins.errors import UserError
 from swift_plugins.files import atomic_write_text, line_offsets, read_line
 from swift_plugins.lengths.counter import DetectionAnswerCounter, LengthCounter
 from swift_plugins.lengths.dataset import KIND_CODES
-from swift_plugins.names import CALLBACK_PACKING, PACKING_TEMPLATE
+from swift_plugins.names import CALLBACK_PACKING
 from swift_plugins.packing.resume import check_resume
 from swift_plugins.packing.samples import SamplePlan, build_sample_plan, epoch_order, pack_count_multiple_of, split_pieces
 from swift_plugins.training.calibration import counter_from_template
-from swift_plugins.training.template import EncodedPack
+from swift_plugins.training.template import EncodedPack, check_packing_template
 
 __all__ = ["PackLengthMismatch", "PackedDataset", "build_packed_datasets", "plan_digest"]
 
@@ -159,9 +159,7 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
     opts = sft.swiftpack_options
     args = sft.args
     template = sft.template
-    if type(template).__name__ != "Qwen3VLPackingTemplate":
-        raise UserError(f"template: training.packing needs template {PACKING_TEMPLATE} (got {args.template!r}); "
-                        "the config layer sets it when packing is on")
+    check_packing_template(template)
     if args.training_args.dataloader_persistent_workers and args.training_args.dataloader_num_workers > 0:
         raise UserError("dataloader_persistent_workers: training.packing needs false (persistent workers keep the "
                         "first epoch's pack order)")

@@ -92,26 +92,73 @@ def test_setup_dict_is_every_field():
     assert MemorySetup(**setup_dict(custom)) == custom
 
 
+def _write_config(folder, cfg):
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
 def test_from_config_reads_a_qwen3_vl_config(tmp_path):
     text = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
             "num_key_value_heads": 1, "vocab_size": 32}
-    vision = {"hidden_size": 4, "intermediate_size": 8, "depth": 2, "out_hidden_size": 8}
-    (tmp_path / "config.json").write_text(json.dumps({"text_config": text, "vision_config": vision,
-                                                      "tie_word_embeddings": False}))
-    shape = ModelShape.from_config(tmp_path)
-    # head_dim 8 // 2 = 4; per layer: q+k+v 8 * 4 * (2 + 2 * 1) = 128, o 2 * 4 * 8 = 64, mlp 3 * 8 * 16 = 384,
-    # norms 2 * 8 = 16 -> 592; llm 2 * 592 + embeddings and head 32 * 8 * 2 + final norm 8 = 1,704
-    # vision: 2 blocks * (4 * 4^2 + 2 * 4 * 8) = 256, + 4 * 4^2 = 64, + merger 4 * 8 * 4 = 128 -> 448
+    vision = {"hidden_size": 4, "intermediate_size": 8, "depth": 2, "out_hidden_size": 8, "patch_size": 2,
+              "temporal_patch_size": 2, "in_channels": 3, "spatial_merge_size": 2, "num_position_embeddings": 4,
+              "deepstack_visual_indexes": [0]}
+    shape = ModelShape.from_config(_write_config(tmp_path, {"model_type": "qwen3_vl", "text_config": text,
+                                                            "vision_config": vision, "tie_word_embeddings": False}))
+    # head_dim 8 // 2 = 4; per layer: q+k+v 8 * 4 * (2 + 2 * 1) = 128, o 2 * 4 * 8 = 64, q/k norms 2 * 4 = 8,
+    # mlp 3 * 8 * 16 = 384, norms 2 * 8 = 16 -> 600; llm 2 * 600 + embeddings and head 32 * 8 * 2 + final norm 8 = 1,720
+    # vision (w 4): patch embedding 3 * 2 * 2 * 2 * 4 + bias 4 + positions 4 * 4 = 116; a block: LayerNorms 2 * 8,
+    # qkv + proj 4 * 16 + 16, MLP 2 * 4 * 8 + 8 + 4 -> 172, 2 blocks 344; merger over 4 patches (16 wide): norm 8 +
+    # 16 * 16 + 16 + 16 * 8 + 8 = 416; one DeepStack merger, its norm over 16: 32 + 408 = 440 -> 1,316
     assert shape == ModelShape(hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, head_dim=4, vocab=32,
-                               vision_params=448, llm_params=1704)
-    assert shape.total_params == 2152
+                               vision_params=1316, llm_params=1720)
+    assert shape.total_params == 3036
 
 
-def test_from_config_of_a_flat_text_config_with_tied_embeddings(tmp_path):
-    cfg = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-           "head_dim": 5, "vocab_size": 32, "tie_word_embeddings": True}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    shape = ModelShape.from_config(str(tmp_path))
-    # kv heads default to the heads (2); q+k+v 8 * 5 * 6 = 240, o 2 * 5 * 8 = 80, mlp 384, norms 16 -> 720;
-    # llm 720 + tied embeddings 32 * 8 + 8 = 984; no vision_config: 0
-    assert (shape.kv_heads, shape.head_dim, shape.llm_params, shape.vision_params) == (2, 5, 984, 0)
+def test_from_config_of_a_qwen2_vl_config_with_top_level_text_sizes(tmp_path):
+    cfg = {"model_type": "qwen2_vl", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "head_dim": 5, "vocab_size": 32, "tie_word_embeddings": True,
+           "vision_config": {"embed_dim": 4, "hidden_size": 8, "mlp_ratio": 2, "depth": 1, "spatial_patch_size": 2,
+                             "in_chans": 3}}
+    shape = ModelShape.from_config(str(_write_config(tmp_path, cfg)))
+    # kv heads default to the heads (2); q+k+v 8 * 5 * 6 = 240 + their biases 30, o 2 * 5 * 8 = 80, mlp 384,
+    # norms 16 -> 750; llm 750 + tied embeddings 32 * 8 + 8 = 1,014
+    # vision: embed_dim 4 wide, MLP 4 * 2 = 8, merger out = vision hidden_size 8; patch embedding 24 * 4 = 96 (no
+    # bias); a block 172 (as Qwen3-VL's); merger 416 -> 684
+    assert (shape.kv_heads, shape.head_dim, shape.llm_params, shape.vision_params) == (2, 5, 1014, 684)
+
+
+def test_from_config_of_a_qwen2_5_vl_vision_tower(tmp_path):
+    vision = {"hidden_size": 4, "intermediate_size": 8, "out_hidden_size": 8, "depth": 1, "patch_size": 2}
+    text = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "vocab_size": 32}
+    shape = ModelShape.from_config(_write_config(tmp_path, {"model_type": "qwen2_5_vl", "text_config": text,
+                                                            "vision_config": vision}))
+    # RMSNorms (4 each) and a gated MLP with biases: block 2 * 4 + 80 + 3 * 4 * 8 + 2 * 8 + 4 = 204; patch
+    # embedding 96; merger RMSNorm 4 + 408 -> 96 + 204 + 412 = 712
+    assert shape.vision_params == 712 and shape.moe_layers == 0
+
+
+def test_moe_weights_count_every_expert_and_activations_follow_the_routed_ones(tmp_path):
+    text = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "vocab_size": 32, "num_experts": 4, "num_experts_per_tok": 2,
+            "moe_intermediate_size": 6, "decoder_sparse_step": 1, "mlp_only_layers": [1]}
+    shape = ModelShape.from_config(_write_config(tmp_path, {"model_type": "qwen3_vl_moe", "text_config": text,
+                                                            "tie_word_embeddings": True}))
+    # layer 0 is MoE, layer 1 dense (mlp_only_layers); attention + norms 216 per layer -> 432; dense MLP 384;
+    # 4 experts of 3 * 8 * 6 = 144 + router 4 * 8 -> 608; + tied embeddings 256 + final norm 8 -> 1,688
+    assert (shape.moe_layers, shape.experts, shape.active_intermediate, shape.llm_params) == (1, 4, 12, 1688)
+    # LoRA rank 2: attention 2 * (16 + 12 + 12 + 16) = 112 per layer, the dense MLP 2 * 72 = 144 more
+    assert shape.lora_params(2) == 112 + 256
+    # activations of 8 tokens: dense layer (16 * 8 + 6 * 16) * 2 = 448 B per token, MoE layer (128 + 6 * 12) * 2 = 400
+    full = estimate_step_memory(shape, 8, MemorySetup(gradient_checkpointing=False))
+    ckpt = estimate_step_memory(shape, 8, MemorySetup(gradient_checkpointing=True))
+    assert full["activations"] == 8 * (448 + 400)
+    assert ckpt["activations"] == 2 * 8 * 8 * 2 + 8 * 448  # saved inputs + the largest layer recomputed
+
+
+def test_an_unsupported_model_type_is_a_user_error(tmp_path):
+    from swift_plugins.errors import UserError
+
+    with pytest.raises(UserError, match=r"config.json: model_type: 'llava' is not supported \(supported: qwen2_vl, "):
+        ModelShape.from_config(_write_config(tmp_path, {"model_type": "llava"}))

@@ -8,7 +8,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import detection_swift_rows
-from swift_plugins.names import PACKING_TEMPLATE as TEMPLATE_TYPE
+from swift_plugins.families import FAMILIES
+
+TEMPLATE_TYPE = FAMILIES["qwen3_vl"].packing_template
 from swift_plugins.training.template import register as register_template
 from swift_plugins.training import attention
 from swift_plugins.training.attention import (ATTN_IMPL, KERNEL_SDPA, KERNEL_VARLEN, choose_kernel, find_segments,

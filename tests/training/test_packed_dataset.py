@@ -11,7 +11,9 @@ from conftest import awkward_messages_records
 from swift_plugins.data import ConversationOptions, iter_records
 from swift_plugins.errors import UserError
 from swift_plugins.files import line_offsets, read_line
-from swift_plugins.names import PACKING_TEMPLATE
+from swift_plugins.families import FAMILIES
+
+PACKING_TEMPLATE = FAMILIES["qwen3_vl"].packing_template
 from swift_plugins.packing.samples import build_sample_plan, pack_count_multiple_of
 from swift_plugins.training.calibration import counter_from_template
 from swift_plugins.training.packed_dataset import PackedDataset, PackLengthMismatch

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from conftest import detection_swift_rows
-from swift_plugins.names import PACKING_TEMPLATE as TEMPLATE_TYPE
+from swift_plugins.families import FAMILIES
+
+TEMPLATE_TYPE = FAMILIES["qwen3_vl"].packing_template
 from swift_plugins.training.template import register
 
 
