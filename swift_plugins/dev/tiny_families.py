@@ -9,15 +9,22 @@ real model where token counts and packing depend on it:
     qwen2_5_vl      Qwen2_5_VLForConditionalGeneration    14     windows of 56 px + full block  dense
     qwen3_vl        Qwen3VLForConditionalGeneration       16     DeepStack                      dense
     qwen3_vl_moe    Qwen3VLMoeForConditionalGeneration    16     DeepStack                      4 experts, top-2
+    qwen3_5         Qwen3_5ForConditionalGeneration       16     plain blocks                   linear x3 + full
+    qwen3_5_moe     Qwen3_5MoeForConditionalGeneration    16     plain blocks                   hybrid, 4 experts top-2
 
 Image processors carry each family's real patch, merge and temporal patch sizes and pixel limits
-(Qwen2/2.5-VL: 3,136..12,845,056 pixels, CLIP mean/std; Qwen3-VL: 65,536..16,777,216, mean/std 0.5).
+(Qwen2/2.5-VL: 3,136..12,845,056 pixels, CLIP mean/std; Qwen3-VL, Qwen3.5: 65,536..16,777,216, mean/std 0.5).
+Qwen3.5 (and Qwen3.6, same architectures) has a 248,320-row vocabulary with its specials from
+248044 (``<|image_pad|>`` 248056): the tiny one keeps the real Qwen BPE below 151,643, unreachable
+placeholders up to 248,043, and Qwen3.5's split regex (combining marks join letters). Its hybrid
+decoder has four layers, ``layer_types`` linear, linear, linear, full (Gated DeltaNet: 4-tap
+convolution + recurrent state; the fourth layer gated full attention, head 32, a quarter rotary).
 """
 from __future__ import annotations
 
 import dataclasses
 
-from swift_plugins.dev.tiny_tokenizer import QWEN_BPE_SIZE, QWEN_SPLIT_PATTERN, special_ids
+from swift_plugins.dev.tiny_tokenizer import QWEN3_5_SPLIT_PATTERN, QWEN_BPE_SIZE, QWEN_SPLIT_PATTERN, special_ids
 
 DEFAULT_FAMILY = "qwen3_vl"
 QWEN2_VOCAB = 151936  # embedding rows of Qwen2-VL-2B / Qwen2.5-VL-3B / Qwen3-VL
@@ -41,6 +48,7 @@ class TinyFamily:
     text: dict  # text_config keys on top of TEXT_BASE
     vision: dict  # vision_config (complete)
     default_system: str | None = None  # inserted by the chat template when a conversation has none
+    thinking: bool = False  # Qwen3.5 chat template: trimmed content, <think> generation prefix
     vocab_size: int = QWEN2_VOCAB
     first_special_id: int = QWEN_BPE_SIZE
     split_pattern: str = QWEN_SPLIT_PATTERN
@@ -61,6 +69,19 @@ QWEN3_VISION = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_hea
                 "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 64,
                 "num_position_embeddings": 2304, "hidden_act": "gelu_pytorch_tanh"}
 QWEN3_ROPE = {"mrope_section": [4, 2, 2], "mrope_interleaved": True}
+QWEN3_5_VOCAB, QWEN3_5_FIRST_SPECIAL = 248320, 248044
+# Hybrid decoder: layer_types linear, linear, linear, full; the full layer has head 32 with a
+# quarter rotary (8 dims = 4 pairs = mrope 2 + 1 + 1), as the real 256-head / 64-dim rotary.
+QWEN3_5_TEXT = {"num_hidden_layers": 4, "head_dim": 32,
+                "layer_types": ["linear_attention"] * 3 + ["full_attention"],
+                "rope_parameters": {"mrope_section": [2, 1, 1], "mrope_interleaved": True,
+                                    "partial_rotary_factor": 0.25},
+                "linear_conv_kernel_dim": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
+                "linear_num_key_heads": 2, "linear_num_value_heads": 4}
+QWEN3_5_COMMON = dict(vocab_size=QWEN3_5_VOCAB, first_special_id=QWEN3_5_FIRST_SPECIAL,
+                      split_pattern=QWEN3_5_SPLIT_PATTERN, tokenizer_class="Qwen3_5Tokenizer",
+                      video_processor_type="Qwen3VLVideoProcessor", rope_theta=10000000.0,
+                      max_position_embeddings=262144, thinking=True)
 
 FAMILIES: dict[str, TinyFamily] = {f.model_type: f for f in (
     TinyFamily(
@@ -96,6 +117,16 @@ FAMILIES: dict[str, TinyFamily] = {f.model_type: f for f in (
               "mlp_only_layers": [], "router_aux_loss_coef": 0.001},
         vision={"model_type": "qwen3_vl_moe_vision", **QWEN3_VISION, "deepstack_visual_indexes": [1]},
         video_processor_type="Qwen3VLVideoProcessor", rope_theta=5000000.0, max_position_embeddings=262144),
+    TinyFamily(
+        "qwen3_5", "Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor", 16, 65536, 16777216, HALF, HALF,
+        text={"model_type": "qwen3_5_text", **QWEN3_5_TEXT},
+        vision={"model_type": "qwen3_5_vision", **QWEN3_VISION}, **QWEN3_5_COMMON),
+    TinyFamily(
+        "qwen3_5_moe", "Qwen3_5MoeForConditionalGeneration", "Qwen3VLProcessor", 16, 65536, 16777216, HALF, HALF,
+        # Hybrid and sparse: every layer's MLP is 4 routed experts of width 32 (top-2) + a shared expert.
+        text={"model_type": "qwen3_5_moe_text", **QWEN3_5_TEXT, "num_experts": 4, "num_experts_per_tok": 2,
+              "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "router_aux_loss_coef": 0.001},
+        vision={"model_type": "qwen3_5_moe_vision", **QWEN3_VISION}, **QWEN3_5_COMMON),
 )}
 
 
@@ -152,9 +183,14 @@ def chat_template(family: TinyFamily) -> str:
 
     ms-swift's templates build prompts themselves; this one is for plain transformers users of the
     tiny checkpoint. Qwen2-VL and Qwen2.5-VL insert their default system prompt when a conversation
-    has none, as their published templates do.
+    has none, as their published templates do; Qwen3.5 trims each message's text and opens the
+    assistant turn with ``<think>\\n`` (``<think>\\n\\n</think>\\n\\n`` with enable_thinking=False).
     """
-    system = ""
+    system, trim, prompt = "", "", "{{- '<|im_start|>assistant\\n' -}}"
+    if family.thinking:  # Qwen3.5: content trimmed; the generation prompt opens (or skips) the thinking block
+        trim = " | trim"
+        prompt += ("{%- if enable_thinking is defined and enable_thinking is false -%}"
+                   "{{- '<think>\\n\\n</think>\\n\\n' -}}{%- else -%}{{- '<think>\\n' -}}{%- endif -%}")
     if family.default_system:
         system = ("{%- if messages[0]['role'] != 'system' -%}"
                   "{{- '<|im_start|>system\\n" + family.default_system + "<|im_end|>\\n' -}}{%- endif -%}")
@@ -163,7 +199,7 @@ def chat_template(family: TinyFamily) -> str:
         "{%- set video_count = namespace(value=0) -%}" + system +
         "{%- for message in messages -%}"
         "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-        "{%- if message['content'] is string -%}{{- message['content'] -}}"
+        "{%- if message['content'] is string -%}{{- message['content']" + trim + " -}}"
         "{%- else -%}{%- for content in message['content'] -%}"
         "{%- if content['type'] == 'image' or 'image' in content or 'image_url' in content -%}"
         "{%- set image_count.value = image_count.value + 1 -%}"
@@ -173,11 +209,11 @@ def chat_template(family: TinyFamily) -> str:
         "{%- set video_count.value = video_count.value + 1 -%}"
         "{%- if add_vision_id -%}Video {{ video_count.value }}: {% endif -%}"
         "<|vision_start|><|video_pad|><|vision_end|>"
-        "{%- elif 'text' in content -%}{{- content['text'] -}}{%- endif -%}"
+        "{%- elif 'text' in content -%}{{- content['text']" + trim + " -}}{%- endif -%}"
         "{%- endfor -%}{%- endif -%}"
         "{{- '<|im_end|>\\n' -}}"
         "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+        "{%- if add_generation_prompt -%}" + prompt + "{%- endif -%}"
     )
 
 

@@ -1,6 +1,6 @@
 """Build a tiny, random, fully offline Qwen-VL checkpoint of any supported family.
 
-``python scripts/make_tiny_model.py OUT_DIR [--family qwen2_vl|qwen2_5_vl|qwen3_vl|qwen3_vl_moe]``
+``python scripts/make_tiny_model.py OUT_DIR [--family qwen2_vl|qwen2_5_vl|qwen3_vl|qwen3_vl_moe|qwen3_5|qwen3_5_moe]``
 (default ``qwen3_vl``, the model of every test and the demo). Same bytes on every run (fixed
 seeds, sorted JSON, sorted tensors). Real users pass their own checkpoint; these only have to be
 *shaped* like the real models where it matters (the per-family table is in
@@ -11,12 +11,14 @@ seeds, sorted JSON, sorted tensors). Real users pass their own checkpoint; these
     tokenizer                   the real Qwen BPE (dashscope's      text counts are the real model's
                                 qwen.tiktoken, converted at build)
     special tokens              <|endoftext|> 151643 ...            ms-swift hard-codes image/video pad ids
-    vocab (embedding rows)      151,936                             as the published checkpoints
+                                (Qwen3.5: 248044 ...)
+    vocab (embedding rows)      151,936 (Qwen3.5: 248,320)          as the published checkpoints
     vision patch / merge / T    14 or 16 / 2 / 2                    image token count = (h/f)*(w/f), f = 2*patch
     text                        hidden 64, 2 layers, head 16        fast on CPU (tied lm_head)
+                                (Qwen3.5: 4 hybrid layers)
     vision                      hidden 32, depth 2                  exercises the family's tower
 
-Worked example: ``build(d, family="qwen2_5_vl")`` writes ``d/config.json`` with ``model_type``
+Worked example: ``build(d, family_name="qwen2_5_vl")`` writes ``d/config.json`` with ``model_type``
 ``qwen2_5_vl``, window_size 56 and ``fullatt_block_indexes`` [1]; ``d/tokenizer.json`` encodes
 "Hello, world!" to [9707, 11, 1879, 0].
 """

@@ -14,16 +14,20 @@ from swift_plugins.dev import tiny_model
 from swift_plugins.dev.tiny_families import FAMILIES
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-# model_type -> (ms-swift template, resize factor, default system prompt of the template)
-STEP1 = {"qwen2_vl": ("qwen2_vl", 28, True), "qwen2_5_vl": ("qwen2_5_vl", 28, True),
-         "qwen3_vl": ("qwen3_vl", 32, False), "qwen3_vl_moe": ("qwen3_vl", 32, False)}
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+NO_THINKING = "<think>\n\n</think>\n\n"
+# model_type -> (ms-swift template, resize factor, what the template puts first, before the answer)
+TEMPLATES = {"qwen2_vl": ("qwen2_vl", 28, SYSTEM, ""), "qwen2_5_vl": ("qwen2_5_vl", 28, SYSTEM, ""),
+             "qwen3_vl": ("qwen3_vl", 32, "", ""), "qwen3_vl_moe": ("qwen3_vl", 32, "", ""),
+             "qwen3_5": ("qwen3_5", 32, "", NO_THINKING), "qwen3_5_moe": ("qwen3_5", 32, "", NO_THINKING)}
 
 
 def test_every_family_is_tested_here():
-    assert set(STEP1) <= set(FAMILIES)
+    assert set(TEMPLATES) == set(FAMILIES)
 
 
-@pytest.mark.parametrize("model_type", list(STEP1))
+# One family of each kind: the default, windowed vision, hybrid MoE with the 248,320-row vocabulary.
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen2_5_vl", "qwen3_5_moe"])
 def test_build_twice_gives_identical_files(tiny_family_dir, tmp_path, model_type):
     first = tiny_family_dir(model_type)
     again = tiny_model.build(tmp_path / "again", family_name=model_type)
@@ -59,19 +63,19 @@ def _swift_template(model_dir, model_type, load_model=False):
     from swift import get_model_processor, get_template
 
     model, processor = get_model_processor(str(model_dir), model_type=model_type, load_model=load_model)
-    template = get_template(processor, template_type=STEP1[model_type][0])
+    template = get_template(processor, template_type=TEMPLATES[model_type][0])
     template.set_mode("train")
     template.model = model
     return model, template
 
 
-@pytest.mark.parametrize("model_type", list(STEP1))
+@pytest.mark.parametrize("model_type", list(TEMPLATES))
 def test_ms_swift_loads_each_family_and_its_template_encodes_an_image(tiny_family_dir, tmp_path, model_type):
     """Explicit model_type; the image expands to (h/f)*(w/f) pads; the collated batch runs the model."""
     import torch
     from PIL import Image
 
-    _, factor, default_system = STEP1[model_type]
+    _, factor, first, answer_prefix = TEMPLATES[model_type]
     model, template = _swift_template(tiny_family_dir(model_type), model_type, load_model=True)
     assert type(model).__name__ == FAMILIES[model_type].architecture
     width, height = 9 * factor, 5 * factor
@@ -81,12 +85,13 @@ def test_ms_swift_loads_each_family_and_its_template_encodes_an_image(tiny_famil
                                "images": [str(tmp_path / "img.png")]})
     tok = template.tokenizer
     ids = encoded["input_ids"]
-    assert ids.count(tok.convert_tokens_to_ids("<|image_pad|>")) == 9 * 5
-    text = tok.decode(ids)
-    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n") == default_system
-    assert "<|im_start|>assistant\na cat at 512,384<|im_end|>" in text
-    answer = tok("a cat at 512,384<|im_end|>", add_special_tokens=False).input_ids
-    assert [t for t in encoded["labels"] if t != -100][:len(answer)] == answer
+    image_pad = FAMILIES[model_type].ids()["<|image_pad|>"]
+    assert tok.convert_tokens_to_ids("<|image_pad|>") == image_pad and ids.count(image_pad) == 9 * 5
+    text = tok.decode([i for i in ids if i != image_pad])
+    answer = answer_prefix + "a cat at 512,384<|im_end|>\n"
+    assert text == (first + "<|im_start|>user\n<|vision_start|><|vision_end|>Detect all objects.<|im_end|>\n"
+                    "<|im_start|>assistant\n" + answer)
+    assert [t for t in encoded["labels"] if t != -100] == tok(answer, add_special_tokens=False).input_ids
     batch = template.data_collator([encoded])
     keys = ("input_ids", "attention_mask", "labels", "pixel_values", "image_grid_thw", "position_ids")
     with torch.no_grad():
@@ -128,6 +133,23 @@ def test_qwen3_vl_moe_routes_top_2_of_4_experts(tiny_family_dir):
 
     text = AutoConfig.from_pretrained(tiny_family_dir("qwen3_vl_moe")).text_config
     assert (text.num_experts, text.num_experts_per_tok, text.decoder_sparse_step, text.mlp_only_layers) == (4, 2, 1, [])
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_5", "qwen3_5_moe"])
+def test_qwen3_5_is_hybrid_with_the_248320_row_vocabulary(tiny_family_dir, model_type):
+    """layer_types linear x3 + full: Gated DeltaNet in layers 0-2, gated attention in layer 3."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_family_dir(model_type))
+    text = model.config.text_config
+    assert text.layer_types == ["linear_attention"] * 3 + ["full_attention"]
+    layers = model.model.language_model.layers
+    assert [type(layer.linear_attn).__name__.endswith("GatedDeltaNet") if hasattr(layer, "linear_attn") else "full"
+            for layer in layers] == [True, True, True, "full"]
+    assert model.get_input_embeddings().weight.shape == (248320, 64)
+    assert (model.config.image_token_id, model.config.video_token_id) == (248056, 248057)
+    if model_type == "qwen3_5_moe":
+        assert (text.num_experts, text.num_experts_per_tok) == (4, 2)
 
 
 def _cli(*args):

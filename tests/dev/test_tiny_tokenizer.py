@@ -85,3 +85,43 @@ def test_special_ids_and_tokenizer_config_agree():
     assert cfg["added_tokens_decoder"]["248056"]["content"] == "<|image_pad|>"
     assert cfg["added_tokens_decoder"]["248069"] == {"content": "</think>", "lstrip": False, "normalized": False,
                                                      "rstrip": False, "single_word": False, "special": False}
+
+
+@pytest.fixture(scope="module")
+def qwen3_5_tokenizer(tiny_family_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_family_dir("qwen3_5"))
+
+
+def test_qwen3_5_specials_on_their_real_ids_above_placeholders(qwen3_5_tokenizer):
+    tok = qwen3_5_tokenizer
+    assert type(tok).__name__ == "Qwen3_5Tokenizer"
+    expected = {"<|endoftext|>": 248044, "<|im_start|>": 248045, "<|im_end|>": 248046, "<|vision_start|>": 248053,
+                "<|vision_end|>": 248054, "<|image_pad|>": 248056, "<|video_pad|>": 248057, "</think>": 248069}
+    assert {t: tok.convert_tokens_to_ids(t) for t in expected} == expected
+    assert len(tok) == 248044 + len(SPECIAL_TOKENS) == 248070
+    assert tok.convert_ids_to_tokens([151642, 151643, 248043]) == [
+        tok.convert_ids_to_tokens(151642), "<|swiftpack_unused_151643|>", "<|swiftpack_unused_248043|>"]
+    assert tok("<|im_start|>user\nHello, world!<|vision_start|><|image_pad|>").input_ids == [
+        248045, 872, 198, 9707, 11, 1879, 0, 248053, 248056]
+
+
+def test_qwen3_5_split_joins_combining_marks_to_letters(qwen3_5_tokenizer, qwen3_vl_tokenizer):
+    text = "x\u0301y ok"  # x + COMBINING ACUTE ACCENT (no precomposed form: NFC keeps it)
+    split = qwen3_5_tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str
+    assert [piece for piece, _ in split(text)] == ["xÌģy", "Ġok"]
+    qwen2_split = qwen3_vl_tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str
+    assert [piece for piece, _ in qwen2_split(text)] == ["x", "Ìģy", "Ġok"]  # the mark starts the next run
+
+
+def test_qwen3_5_encodes_the_samples_as_tiktoken_with_its_pattern(qwen3_5_tokenizer):
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(str(tiny_tokenizer.qwen_tiktoken_path()))
+    enc = tiktoken.Encoding("qwen3_5", pat_str=tiny_tokenizer.QWEN3_5_SPLIT_PATTERN, mergeable_ranks=ranks,
+                            special_tokens={})
+    lines = [line for f in SAMPLE_FILES for line in f.read_text(encoding="utf-8").splitlines()]
+    assert [qwen3_5_tokenizer(line, add_special_tokens=False).input_ids for line in lines] == \
+        [enc.encode_ordinary(unicodedata.normalize("NFC", line)) for line in lines]
