@@ -162,3 +162,23 @@ def test_an_unsupported_model_type_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match=r"config.json: model_type: 'llava' is not supported \(supported: qwen2_vl, "):
         ModelShape.from_config(_write_config(tmp_path, {"model_type": "llava"}))
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_5", "qwen3_5_moe"])
+def test_hybrid_qwen3_5_counts_equal_the_real_model(tiny_family_dir, model_type):
+    """Parameters and LoRA / DoRA counts of the tiny Qwen3.5 checkpoints equal what transformers builds from them."""
+    import torch
+    from transformers import AutoConfig, Qwen3_5ForConditionalGeneration, Qwen3_5MoeForConditionalGeneration
+
+    folder = tiny_family_dir(model_type)
+    shape = ModelShape.from_config(folder)
+    cls = Qwen3_5MoeForConditionalGeneration if model_type.endswith("moe") else Qwen3_5ForConditionalGeneration
+    model = cls(AutoConfig.from_pretrained(folder))
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    llm = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("model.visual"))
+    linear = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+              and not n.startswith(("model.visual", "lm_head"))]
+    assert (shape.llm_params, shape.vision_params) == (llm, vision)
+    assert shape.lora_params(2) == sum(2 * (m.in_features + m.out_features) for m in linear)
+    assert shape.lora_params(2, dora=True) == shape.lora_params(2) + sum(m.out_features for m in linear)
+    assert (shape.moe_layers, shape.experts) == ((4, 4) if model_type.endswith("moe") else (0, 0))
