@@ -257,37 +257,33 @@ def run(cmd, env, timeout=600):
 
 
 # --------------------------------------------------------------------------- messages-format helpers
-# Merges the tiny BPE lacks but Qwen's has ("\n\n", "  ", " \n", ...): with them a string tokenizes
-# differently when ms-swift joins it to "user\n" / "assistant\n" than when it tokenizes it apart,
-# so exactness tests on seams can fail (on the plain tiny tokenizer whitespace never merges).
-SEAM_MERGES = (("Ċ", "Ċ"), ("Ġ", "Ġ"), ("Ġ", "Ċ"), ("ĊĊ", "Ċ"), ("ĠĠ", "ĠĠ"))
+# The tiny tokenizer is Qwen's real BPE, whose whitespace merges ("\n\n", "  ", " \n", ...) make a
+# string tokenize differently when ms-swift joins it to "user\n" / "assistant\n" than when it is
+# tokenized apart (seams). The control below removes every merge whose result is whitespace only.
+WHITESPACE_BYTES = frozenset("ĠĊĉč")  # byte-level space, \n, \t, \r
 
 
 @pytest.fixture(scope="session")
-def seam_model_dir(tiny_model_dir, tmp_path_factory) -> pathlib.Path:
-    """The tiny model with :data:`SEAM_MERGES` added to its BPE, on unused vocab ids (same vocab size)."""
-    out = tmp_path_factory.mktemp("models") / "tiny-qwen3-vl-seams"
+def plain_model_dir(tiny_model_dir, tmp_path_factory) -> pathlib.Path:
+    """The tiny model without Qwen's whitespace-only merges (whitespace never merges: no seams)."""
+    out = tmp_path_factory.mktemp("models") / "tiny-qwen3-vl-plain"
     out.mkdir()
     for p in pathlib.Path(tiny_model_dir).iterdir():
         (out / p.name).symlink_to(p) if p.name == "model.safetensors" else (out / p.name).write_bytes(p.read_bytes())
     tok = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
-    vocab, merges = tok["model"]["vocab"], tok["model"]["merges"]
-    unused = sorted((i for t, i in vocab.items() if t.startswith("<|swiftpack_unused_")), reverse=True)
-    by_id = {i: t for t, i in vocab.items()}
-    for (a, b), i in zip(SEAM_MERGES, unused):
-        del vocab[by_id[i]]
-        vocab[a + b] = i
-        merges.append([a, b])
+    merges = tok["model"]["merges"]
+    tok["model"]["merges"] = [m for m in merges if not set(m[0] + m[1]) <= WHITESPACE_BYTES]
+    assert 1000 < len(merges) - len(tok["model"]["merges"]) < 10000  # 5,955 of 294,166
     (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
     return out
 
 
 @pytest.fixture(scope="session")
-def seam_template(seam_model_dir):
-    """ms-swift's qwen3_vl template (train mode) over the seam tokenizer."""
+def plain_template(plain_model_dir):
+    """ms-swift's qwen3_vl template (train mode) over the no-seam tokenizer."""
     from swift_plugins.training.calibration import load_template
 
-    return load_template(seam_model_dir)
+    return load_template(plain_model_dir)
 
 
 def save_image(path, size, mode: str = "RGB", **save_kwargs) -> pathlib.Path:

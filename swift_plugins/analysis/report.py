@@ -208,7 +208,9 @@ def memory_estimates_md(analysis: Analysis, setup: TrainingSetup, est: dict, *, 
         out += [f"- Model shape from `{est['model_path']}/config.json`: {fmt_int(shape.total_params)} parameters "
                 f"({fmt_int(shape.llm_params)} language model, {fmt_int(shape.vision_params)} vision), hidden "
                 f"{shape.hidden}, intermediate {shape.intermediate}, {shape.layers} layers, "
-                f"vocab {fmt_int(shape.vocab)}"]
+                f"vocab {fmt_int(shape.vocab)}"
+                + (f"; MoE in {shape.moe_layers} layers: {shape.experts} experts resident, {shape.experts_per_token} "
+                   f"per token (activations)" if shape.moe_layers else "")]
     out += [f"- Setup: tuner {s.tuner}" + (f" (rank {s.lora_rank})" if s.tuner != "full" else "") +
             f", ZeRO stage {s.zero_stage}, gradient checkpointing {str(s.gradient_checkpointing).lower()}, "
             f"world size {s.world_size}; one packed row of max_length tokens per device batch",

@@ -97,7 +97,11 @@ def _family_names(resolved: ResolvedConfig, family: Optional[Family]) -> Dict[st
     """``model_type`` (when the config leaves it null) and, with packing, ``template`` for ms-swift."""
     cfg = resolved.config
     out = {}
-    if family is not None and cfg.model.model_type is None:
+    if family is not None and cfg.model.model_type not in (None, family.swift_model_type):
+        source = resolved.sources.get("model.model_type", resolved.files[-1])
+        raise UserError(f"{source}: model.model_type: {cfg.model.model_type!r} but {cfg.model.model} is a "
+                        f"{family.title} checkpoint ({family.swift_model_type}); set model.model_type: null")
+    if family is not None:
         out["model_type"] = family.swift_model_type
     if cfg.training.packing:
         chosen = cfg.template.template

@@ -59,8 +59,9 @@ def _conversation_key(name: str, **kwargs) -> Any:
 class ModelSection:
     model: Optional[str] = _key(help="Local model directory (relative to the working directory) or hub id.",
                                 swift="model", path=True, required=True)
-    model_type: Optional[str] = _key(None, "ms-swift model type; null: detected from the model's config.json "
-                                           "(qwen3_vl for Qwen3-VL).", swift="model_type")
+    model_type: Optional[str] = _key(None, "ms-swift model type; null: the model family's, from model.model's "
+                                           "config.json model_type (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe).",
+                                     swift="model_type")
     torch_dtype: Optional[str] = _key(None, "Weights / compute dtype; null: the model's config. bfloat16 also "
                                             "turns on bf16 mixed precision.", swift="torch_dtype",
                                       choices=("bfloat16", "float16", "float32"))
@@ -226,8 +227,8 @@ class DataSection:
 
 @dataclass(frozen=True)
 class TemplateSection:
-    template: Optional[str] = _key(None, "ms-swift template; null: the model's default (qwen3_vl).",
-                                   swift="template")
+    template: Optional[str] = _key(None, "ms-swift template; null: the model family's (qwen2_vl, qwen2_5_vl or "
+                                         "qwen3_vl; with training.packing its packing subclass).", swift="template")
     max_pixels: Optional[int] = _key(None, "Resize images above this many pixels (786432 = 768 image "
                                            "tokens for Qwen3-VL; 1024 = one 32x32 token).",
                                      swift="max_pixels", ge=1024)
@@ -236,7 +237,8 @@ class TemplateSection:
     truncation_strategy: str = _key("delete", "Samples over max_length: delete (skipped by ms-swift), left, "
                                               "right.", swift="truncation_strategy",
                                     choices=("delete", "left", "right"))
-    system: Optional[str] = _key(None, "System prompt; null: none (Qwen3-VL has no default).",
+    system: Optional[str] = _key(None, "System prompt; null: the template's default (Qwen2-VL / Qwen2.5-VL: 'You are "
+                                       "a helpful assistant.'; Qwen3-VL: none).",
                                  swift="system")
 
 

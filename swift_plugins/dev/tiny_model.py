@@ -125,6 +125,8 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="weight init seed (default 0)")
     args = parser.parse_args(argv)
     family(args.family)
+    if not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed: {args.seed} is out of range (give an integer from 0 to {2**32 - 1})")
     out = check_output_dir(args.out_dir)
     path = build(out, seed=args.seed, family_name=args.family)
     print(f"tiny {args.family} written to {path}")

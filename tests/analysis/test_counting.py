@@ -26,7 +26,7 @@ def files(tmp_path_factory):
     a = write_lines(folder, [with_(objects=[OBJ]), with_(objects=[OBJ] * 2), "{not json", with_(objects=[OBJ] * 10),
                              with_(objects=[LONG_DESC])], "a.jsonl")
     b = write_lines(folder, [{"messages": [msg("user", "<image>Hi"), msg("assistant", "Yes")], "images": ["img.png"]},
-                             "", {"messages": [msg("user", "Tell"), msg("assistant", "word " * 150)]}], "b.jsonl")
+                             "", {"messages": [msg("user", "Tell"), msg("assistant", "word " * 200)]}], "b.jsonl")
     return str(a), str(b)
 
 

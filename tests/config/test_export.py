@@ -54,6 +54,43 @@ def test_flat_swift_args_exact(cfg):
     assert argv[argv.index("--check_model") + 1] == "False"
 
 
+def _model(folder, model_type):
+    (folder / "models" / "m").mkdir(parents=True, exist_ok=True)
+    (folder / "models" / "m" / "config.json").write_text(json.dumps({"model_type": model_type}))
+
+
+PACKED = "extends: base.yaml\ntraining: {packing: true, global_max_length: 4096}\n"
+
+
+@pytest.mark.parametrize("model_type, swift_model_type, template", [
+    ("qwen2_vl", "qwen2_vl", "qwen2_vl_packing"), ("qwen2_5_vl", "qwen2_5_vl", "qwen2_5_vl_packing"),
+    ("qwen3_vl", "qwen3_vl", "qwen3_vl_packing"), ("qwen3_vl_moe", "qwen3_vl_moe", "qwen3_vl_packing")])
+def test_the_model_family_picks_model_type_and_the_packing_template(cfg, tmp_path, model_type, swift_model_type,
+                                                                     template):
+    _model(tmp_path, model_type)
+    args = C.flat_swift_args(C.resolve_config(cfg("x.yaml", PACKED), world_size=1))
+    assert (args["model_type"], args["template"]) == (swift_model_type, template)
+    plain = C.flat_swift_args(C.resolve_config(cfg("y.yaml", "extends: base.yaml\n"), world_size=1))
+    assert plain["model_type"] == swift_model_type and "template" not in plain
+
+
+def test_a_model_of_another_family_than_the_config_says_is_refused(cfg, tmp_path):
+    _model(tmp_path, "qwen2_5_vl")
+    r = C.resolve_config(cfg("x.yaml", PACKED + "model: {model_type: qwen3_vl}\n"), world_size=1)
+    with pytest.raises(UserError, match=r"^x.yaml: model.model_type: 'qwen3_vl' but models/m is a Qwen2.5-VL checkpoint "
+                                        r"\(qwen2_5_vl\); set model.model_type: null$"):
+        C.flat_swift_args(r)
+    r = C.resolve_config(cfg("y.yaml", PACKED + "template: {template: qwen3_vl_packing}\n"), world_size=1)
+    with pytest.raises(UserError, match=r"^y.yaml: template.template: 'qwen3_vl_packing' is not the Qwen2.5-VL "
+                                        r"template of models/m \(set template.template: null; packing uses "
+                                        r"'qwen2_5_vl_packing'\)$"):
+        C.flat_swift_args(r)
+    _model(tmp_path, "llava")
+    with pytest.raises(UserError, match=r"models/m/config.json: model_type: 'llava' is not supported \(supported: "
+                                        r"qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe\)"):
+        C.flat_swift_args(C.resolve_config(cfg("z.yaml", PACKED), world_size=1))
+
+
 @pytest.mark.parametrize("attn_impl, packing, expected", [
     (None, True, "swiftpack_varlen"), ("sdpa", True, "swiftpack_varlen"), ("eager", True, "eager"),
     ("flash_attn", True, "flash_attn"), ("swiftpack_varlen", True, "swiftpack_varlen"), ("sdpa", False, "sdpa"),

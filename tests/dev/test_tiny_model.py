@@ -164,15 +164,15 @@ def _read_only_target(tmp_path) -> pathlib.Path:
     return ro / "m" if not os.access(ro, os.W_OK) else pathlib.Path("/proc/sys/swiftpack-tiny")  # root: a ro mount
 
 
-@pytest.mark.parametrize("case", ["family", "file", "read_only"])
+@pytest.mark.parametrize("case", ["family", "file", "read_only", "seed"])
 def test_cli_refuses_a_bad_family_or_output_path_in_one_line(tmp_path, case):
     (tmp_path / "a_file").write_text("x")
     args = {"family": [tmp_path / "m", "--family", "qwen9_vl"], "file": [tmp_path / "a_file"],
-            "read_only": [_read_only_target(tmp_path)]}[case]
+            "read_only": [_read_only_target(tmp_path)], "seed": [tmp_path / "m", "--seed", "-1"]}[case]
     proc = _cli(*args)
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert {"family": "unknown model_type 'qwen9_vl' (choose one of qwen2_vl,", "file": "is a file",
-            "read_only": "is not writable"}[case] in lines[0]
+            "read_only": "is not writable", "seed": "--seed: -1 is out of range"}[case] in lines[0]
     assert not (tmp_path / "m").exists() and (tmp_path / "a_file").read_text() == "x"

@@ -41,14 +41,15 @@ CHAT_TRAIN = [
     {"messages": [msg("user", "What is 2+2?"), msg("assistant", "4")]},
 ]
 CHAT_VAL = CHAT_TRAIN[:3]
-VAL_RECORDS = 7 + len(CHAT_VAL)
+VAL_LVIS = 8  # with CHAT_VAL: 3 val packs at MAX_LENGTH, an uneven last eval batch across 2 ranks
+VAL_RECORDS = VAL_LVIS + len(CHAT_VAL)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("e2e-data")
     make_lvis_jsonl(folder, len(COUNTS), object_counts=COUNTS)
-    make_lvis_jsonl(folder, 7, "val.jsonl")
+    make_lvis_jsonl(folder, VAL_LVIS, "val.jsonl")
     save_image(folder / "c0.png", (100, 70))
     save_image(folder / "c1.png", (64, 90))
     for name, rows in (("chat.jsonl", CHAT_TRAIN), ("chat_val.jsonl", CHAT_VAL)):

@@ -69,6 +69,18 @@ def test_record_format_is_part_of_the_cache_key(counter, mixed, tmp_path):
     assert again.kind.dtype == np.int8 and again.num_images.tolist() == only_messages.num_images.tolist()
 
 
+def test_the_model_family_is_part_of_the_cache_key(counter, mixed):
+    """Two families can share tokenizer, image rule and chat layout (Qwen3-VL and its MoE): still two entries."""
+    from swift_plugins.lengths.counter import LengthCounter
+
+    assert counter.family == "qwen3_vl" and counter.state()["family"] == "qwen3_vl"
+    moe = LengthCounter.from_state({**counter.state(), "family": "qwen3_vl_moe"})
+    assert (moe.rule, moe.chat, moe.family) == (counter.rule, counter.chat, "qwen3_vl_moe")
+    keys = {c.family: dataset_mod.cache_key(str(mixed), c, {}, on_error="skip", check_images=True, max_records=0,
+                                            prompt_frame=1) for c in (counter, moe)}
+    assert len(set(keys.values())) == 2
+
+
 def test_a_changed_image_invalidates_the_cache(counter, tmp_path):
     save_image(tmp_path / "img.png", (64, 64))
     path = write_lines(tmp_path, [ONE])
@@ -97,7 +109,7 @@ def test_a_messages_only_file_needs_only_the_chat_layout(counter, tmp_path):
     state = counter.state()
     chat_only = LengthCounter(state["tokenizer_json"], counter.rule, chat=counter.chat)  # no LVIS frame measured
     res = count_dataset(path, chat_only, record_format="messages")
-    assert res.total_tokens.tolist() == [21, 21]  # 17 text + 4 image tokens (64x64)
+    assert res.total_tokens.tolist() == [18, 18]  # 14 text (Qwen's BPE) + 4 image tokens (64x64)
     with pytest.raises(KeyError, match="no calibration for user text"):
         count_dataset(path, chat_only)  # auto may meet LVIS records: their frame is needed
     bare = LengthCounter(state["tokenizer_json"], counter.rule, frames=state["frames"])
@@ -109,11 +121,11 @@ def test_the_self_check_catches_a_wrong_fast_count(counter, tmp_path):
     """Line 997 is also counted by tokenizing ms-swift's own strings; a constant off by one is caught."""
     save_image(tmp_path / "img.png", (64, 64))
     path = write_lines(tmp_path, [ONE] * dataset_mod.VERIFY_EVERY)
-    assert count_dataset(path, counter).total_tokens.tolist() == [21] * 997
+    assert count_dataset(path, counter).total_tokens.tolist() == [18] * 997
     state = counter.state()
     off = LengthCounter(state["tokenizer_json"], counter.rule, state["frames"],
                         chat=dataclasses.replace(counter.chat, first_turn=counter.chat.first_turn + 1))
-    with pytest.raises(RuntimeError, match=r":997: fast length 18\+4 != tokenizer 17\+4; please report this record"):
+    with pytest.raises(RuntimeError, match=r":997: fast length 15\+4 != tokenizer 14\+4; please report this record"):
         count_dataset(path, off)
 
 

@@ -6,12 +6,15 @@ import json
 
 import pytest
 
+from PIL import Image
+
 from conftest import msg
 from swift_plugins.data import DEFAULT_PROMPT
 from swift_plugins.lengths import dataset as dataset_mod
 from swift_plugins.training import calibration
 from swift_plugins.training.calibration import counter_from_template, load_counter
 
+PIL_IMAGE = Image.new("RGB", (64, 64), (127, 127, 127))
 CONV = [msg("system", "Be brief."), msg("user", "<image>\nWhat?"), msg("assistant", "\nA cat."),
         msg("user", "And <image>?"), msg("assistant", " A dog. ")]
 
@@ -86,3 +89,39 @@ def test_cache_format_is_part_of_both_cache_keys(tiny_model_dir, monkeypatch):
     key = calibration.counter_cache_key(tiny_model_dir, **kwargs)
     monkeypatch.setattr(calibration, "CACHE_FORMAT", 3)
     assert calibration.counter_cache_key(tiny_model_dir, **kwargs) != key
+
+
+def test_the_image_rule_is_the_family_row_checked_against_ms_swift(tiny_template, monkeypatch):
+    """The rule comes from swift_plugins.families; a qwen-vl-utils set up otherwise in this process, or a
+    template expanding another image token id, is a RuntimeError, never a silent miscount."""
+    from qwen_vl_utils import vision_process as vp
+
+    from swift_plugins.families import FAMILIES, image_rule
+
+    rule = calibration.image_rule_from_template(tiny_template)
+    assert rule == image_rule(FAMILIES["qwen3_vl"], {}, processor_patch=16, processor_merge=2)
+    assert calibration.template_family(tiny_template) is FAMILIES["qwen3_vl"]
+    monkeypatch.setattr(vp, "IMAGE_MAX_TOKEN_NUM", 1280)
+    with pytest.raises(RuntimeError, match=r"qwen-vl-utils resizes with \(merge, min_pixels, max_pixels, max_ratio\) "
+                                           r"\(2, 4096, 1310720, 200.0\) in this process, the Qwen3-VL rule under this "
+                                           r"environment says \(2, 4096, 16777216, 200.0\)"):
+        calibration.image_rule_from_template(tiny_template)
+    monkeypatch.undo()
+    template = copy.copy(tiny_template)
+    template.image_token_id = 151654
+    with pytest.raises(RuntimeError, match="expands image token id 151654, the Qwen3-VL row says 151655"):
+        calibration.image_rule_from_template(template)
+
+
+def test_a_qwen2_5_vl_checkpoint_gets_its_template_and_default_system(tiny_family_dir):
+    """load_template picks ms-swift's qwen2_5_vl template from config.json; its default system prompt is
+    counted (an empty system message is no system: the calibration probes say so explicitly)."""
+    template = calibration.load_template(tiny_family_dir("qwen2_5_vl"))
+    assert type(template).__name__ == "Qwen2_5VLTemplate"
+    counter = counter_from_template(template)
+    assert (counter.family, counter.chat.default_system, counter.rule.patch_size) == (
+        "qwen2_5_vl", "You are a helpful assistant.", 14)
+    conversations = [CONV[1:], [msg("system", "")] + CONV[1:], CONV]
+    for conv in conversations:
+        encoded = template.encode({"messages": conv, "images": [PIL_IMAGE, PIL_IMAGE]})["input_ids"]
+        assert counter.count_messages(conv, [(64, 64)] * 2).total_tokens == len(encoded), conv[0]

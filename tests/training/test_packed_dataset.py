@@ -110,18 +110,18 @@ def test_overlong_split_keeps_every_object_and_each_piece_fits(packing_template,
 
 
 def test_mixed_detection_and_messages_plan_accounts_for_every_record(packing_template, sample_dir, tmp_path):
-    """LVIS sample + hand-made messages rows at 6,000 tokens: the 4 detection records over it become
-    pieces, the 8,484-token messages row (line 6) is dropped with its reason, each pack holding a
+    """LVIS sample + hand-made messages rows at 4,800 tokens: the 13 detection records over it become
+    pieces, the 4,915-token messages row (line 6) is dropped with its reason, each pack holding a
     messages row encodes to its planned lengths, and under overlong=error the run stops naming it."""
     counter = counter_from_template(packing_template)
     messages = tmp_path / "m.jsonl"
     messages.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in awkward_messages_records(tmp_path)))
     paths = [str(sample_dir / "train.jsonl"), str(messages)]
-    sp = build_sample_plan(paths, counter, ConversationOptions(), global_max_length=6000, overlong="split",
+    sp = build_sample_plan(paths, counter, ConversationOptions(), global_max_length=4800, overlong="split",
                            cache_dir=tmp_path / "cache")
-    assert sp.split_records == 4 and sp.skipped == []
-    assert sp.dropped_rows() == [{"jsonl": str(messages), "line": 6, "part": -1, "length": 8484,
-                                  "reason": "overlong: 8484 > max_length 6000"}]
+    assert sp.split_records == 13 and sp.skipped == []
+    assert sp.dropped_rows() == [{"jsonl": str(messages), "line": 6, "part": -1, "length": 4915,
+                                  "reason": "overlong: 4915 > max_length 4800"}]
     summary = sp.summary()
     assert summary["jsonl"] == paths and summary["records_read"] == 200 + 13
     lvis, msgs = summary["files"]
@@ -135,7 +135,11 @@ def test_mixed_detection_and_messages_plan_accounts_for_every_record(packing_tem
     assert sum(int(sp.kinds[s] == 1) for i in with_messages for s in dataset.order[i]) == 12
     for i in with_messages:
         assert [e["length"] for e in dataset[i]] == [int(sp.lengths[s]) for s in dataset.order[i]]
-    with pytest.raises(UserError, match=rf"training.packing_overlong: error: 5 record\(s\) longer than "
-                                        rf"global_max_length 6000: .*{messages}:6 \(8484 tokens\)"):
-        build_sample_plan(paths, counter, ConversationOptions(), global_max_length=6000, overlong="error",
+    with pytest.raises(UserError, match=rf"training.packing_overlong: error: 14 record\(s\) longer than "
+                                        rf"global_max_length 4800: {paths[0]}:8 \(9158 tokens\), .* and 4 more"):
+        build_sample_plan(paths, counter, ConversationOptions(), global_max_length=4800, overlong="error",
+                          cache_dir=tmp_path / "cache")
+    with pytest.raises(UserError, match=rf"training.packing_overlong: error: 1 record\(s\) longer than "
+                                        rf"global_max_length 4800: {messages}:6 \(4915 tokens\) \("):
+        build_sample_plan(paths[1:], counter, ConversationOptions(), global_max_length=4800, overlong="error",
                           cache_dir=tmp_path / "cache")

@@ -164,10 +164,17 @@ def test_packed_loss_and_gradients_equal_unpacked_batch_with_gradient_checkpoint
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_dora=dora,
                                              init_lora_weights=False))
     model.train()
-    _set_impl(model.base_model.model, "eager")  # the reference: the padded batch on transformers' eager kernel
-    loss_u, grads_u = _loss_and_grads(model, _collate(template, encoded, False))
-    _set_impl(model.base_model.model, ATTN_IMPL)
-    loss_p, grads_p = _loss_and_grads(model, _collate(template, encoded, True))
+    for config in (model.config, model.config.text_config):  # as ms-swift's trainer sets it
+        config.use_cache = False
+    # the training path: ms-swift's post-encode hook (Qwen2-VL / Qwen2.5-VL templates embed the images there)
+    template.register_post_encode_hook([model])
+    try:
+        _set_impl(model.base_model.model, "eager")  # the reference: the padded batch on transformers' eager kernel
+        loss_u, grads_u = _loss_and_grads(model, _collate(template, encoded, False))
+        _set_impl(model.base_model.model, ATTN_IMPL)
+        loss_p, grads_p = _loss_and_grads(model, _collate(template, encoded, True))
+    finally:
+        template.remove_post_encode_hook()
     layer = model.base_model.model.model.language_model.layers[0]
     assert layer.gradient_checkpointing
     assert abs(loss_p - loss_u) / abs(loss_u) <= 1e-4
