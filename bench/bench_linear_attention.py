@@ -17,8 +17,8 @@ heads 2 k / 4 v of 16); ``wide`` = the same pattern at hidden 512 (linear heads 
 4 q / 2 kv attention heads of 64, intermediate 1,536). Input: random embeddings (no embedding
 lookup, no lm_head), text positions restarting per sample; loss = mean of the squared last hidden state.
 Samples: bench_attention's LVIS-like mix (lognormal median 900, sigma 0.89, min 64, seed 0).
-Seconds: wall clock and this process's CPU time, medians of ``--reps`` after one warm-up, rows interleaved in rotating order, one
-CPU thread by default.
+Seconds: wall clock and this process's CPU time, medians of ``--reps`` after one warm-up, rows
+interleaved in rotating order, one CPU thread by default.
 """
 from __future__ import annotations
 

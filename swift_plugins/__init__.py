@@ -23,7 +23,8 @@ def register_plugins(sidecar: Optional[str] = None) -> None:
     """Register everything this project adds to ms-swift and transformers; idempotent.
 
     Template ``qwen3_vl_packing``, the bundled JSONL datasets, optimizer ``swiftpack_multimodal``,
-    callbacks ``swiftpack_*``, attention ``swiftpack_varlen``. With ``sidecar`` (the JSON
+    callbacks ``swiftpack_*``, attention ``swiftpack_varlen`` (the packing templates also isolate
+    linear-attention layers, ``training/linear_attention.py``, when training starts). With ``sidecar`` (the JSON
     ``--export_flat`` writes) also that run's options: its datasets, save delay and the packing
     hook of plain ``swift sft``.
     """

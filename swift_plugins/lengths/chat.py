@@ -43,7 +43,7 @@ from typing import Optional, Sequence
 
 from swift_plugins.data.messages import IMAGE_TAG
 
-__all__ = ["ChatFrame", "content_pieces", "frame_tokens", "render_segments", "split_turns"]
+__all__ = ["ChatFrame", "content_pieces", "frame_tokens", "prepared", "render_segments", "split_turns"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class ChatFrame:
     next_turn: int = 0
     system: int = 0
     per_image: int = 0
+    trim: bool = False          # contents trimmed, <think> blocks re-wrapped (ms-swift's Qwen3_5Template)
+    response_prefix: str = ""   # put before every response not starting with "<think>" (the non-thinking prefix)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -76,6 +78,38 @@ class ChatFrame:
         if messages and messages[0]["role"] == "system":
             return messages[0]["content"]
         return self.default_system or ""
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def _trimmed(role: str, content: str) -> str:
+    """A message's content as ms-swift's Qwen3_5Template prepares it (the published chat template's ``|trim``).
+
+    >>> _trimmed("assistant", "  <think>\\n why \\n</think>\\n\\n\\n ok ")
+    '<think>\\nwhy\\n</think>\\n\\n ok'
+    """
+    stripped = content.strip()
+    if role != "assistant" or not (THINK_OPEN in stripped and THINK_CLOSE in stripped):
+        return stripped
+    before, _, after = stripped.partition(THINK_CLOSE)
+    reasoning = before.rstrip("\n").rsplit(THINK_OPEN, 1)[-1].lstrip("\n").strip()
+    return f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{after.lstrip(chr(10))}"
+
+
+def prepared(frame: ChatFrame, messages: Sequence[dict]) -> Sequence[dict]:
+    """The messages as the template encodes them: trimmed (``frame.trim``), each response after
+    ``frame.response_prefix`` unless it opens with ``<think>`` (or the prefix) already."""
+    if not frame.trim and not frame.response_prefix:
+        return messages
+    out = []
+    for m in messages:
+        content = _trimmed(m["role"], m["content"]) if frame.trim else m["content"]
+        if m["role"] == "assistant" and frame.response_prefix and not content.startswith(
+                (THINK_OPEN, frame.response_prefix)):
+            content = frame.response_prefix + content
+        out.append({"role": m["role"], "content": content})
+    return out
 
 
 def split_turns(messages: Sequence[dict]) -> list[tuple[str, str]]:
@@ -91,6 +125,7 @@ def render_segments(frame: ChatFrame, messages: Sequence[dict]) -> list[str]:
     ``_concat_context_list`` fills the pieces; ``_split_special_tokens`` + ``_pre_tokenize_images``
     replace each ``<image>`` with the image string at loss 0; neighbours with equal loss are joined.
     """
+    messages = prepared(frame, messages)
     contexts: list[tuple[str, float]] = []
     system = frame.system_text(messages)
     if system:  # ms-swift: `if is_post_system or not system: prefix` - an empty system is no system
@@ -121,6 +156,7 @@ def render_segments(frame: ChatFrame, messages: Sequence[dict]) -> list[str]:
 
 def content_pieces(frame: ChatFrame, messages: Sequence[dict]) -> tuple[list[str], int]:
     """The strings of the fast count and the number of ``<image>`` tags (see the module docstring)."""
+    messages = prepared(frame, messages)
     pieces = []
     system = frame.system_text(messages)
     if system:
@@ -140,6 +176,7 @@ def content_pieces(frame: ChatFrame, messages: Sequence[dict]) -> tuple[list[str
 
 def frame_tokens(frame: ChatFrame, messages: Sequence[dict], num_images: int) -> int:
     """The fast count's constant part for a conversation of this shape."""
+    messages = prepared(frame, messages)
     turns = len(split_turns(messages))
     return (frame.first_turn + (turns - 1) * frame.next_turn + (frame.system if frame.system_text(messages) else 0)
             + frame.per_image * num_images)

@@ -201,8 +201,10 @@ def uninstall(model: torch.nn.Module) -> None:
 def attention_line(attn_impl: Optional[str], isolation: Isolation) -> str:
     """The start-up log line for both kinds of layer.
 
-    >>> attention_line("swiftpack_varlen", Isolation(["l.0", "l.1", "l.2"], 4, BACKEND_PER_SEGMENT))
-    'full attention: swiftpack_varlen; linear attention (3 of 4 layers): per-segment (conv window and recurrent state restart at each packed sample)'
+    >>> print(attention_line("swiftpack_varlen", Isolation(["l.0", "l.1", "l.2"], 4, BACKEND_PER_SEGMENT)))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    full attention: swiftpack_varlen; linear attention (3 of 4 layers): per-segment
+    (conv window and recurrent state restart at each packed sample)
     >>> attention_line("sdpa", Isolation([], 2, None))
     'full attention: sdpa; no linear-attention layers'
     """

@@ -143,3 +143,15 @@ def test_counter_without_chat_layout_says_how_to_get_one(tiny_template):
     failed = LengthCounter(counter.state()["tokenizer_json"], counter.rule, chat_error="template x: reason")
     with pytest.raises(ValueError, match="messages records cannot be counted with this template: template x: reason"):
         failed.count_messages([msg("user", "a"), msg("assistant", "b")], [])
+
+
+def test_qwen3_5_messages_count_equals_template_encode(tiny_family_dir, records):
+    """ms-swift's qwen3_5 template trims every content, re-wraps <think> blocks and puts the empty think block
+    before each response: read off the template (trim, response_prefix), exact on the awkward records."""
+    template = load_template(tiny_family_dir("qwen3_5"))
+    folder, recs = records
+    think = msg("assistant", "  <think>\n  because \n</think>\n\n\n It is red. ")
+    totals = check_exact(template, folder, recs + [{"messages": [msg("user", "Why?"), think]}])
+    chat = counter_from_template(template).chat
+    assert (chat.trim, chat.response_prefix) == (True, "<think>\n\n</think>\n\n")
+    assert len(totals) == 14 and max(totals) > 4000

@@ -280,3 +280,19 @@ def test_gpu_flash_linear_attention_gets_the_boundaries():
     bounds = (0, 300, 302, 431)
     assert lines["calls"] == str([("causal_conv1d", bounds), ("chunk_gated_delta_rule", bounds)])
     assert float(lines["diff"]) <= 2e-3  # fla's chunked kernels in fp32 on tensor cores
+
+
+def test_a_deep_copy_carries_its_own_isolation(model):
+    """ms-swift and the tests deep-copy models: the copy's forwards and hooks are its own, and so is uninstall."""
+    import copy
+
+    install(model)
+    try:
+        twin = copy.deepcopy(model)
+        linear, twin_linear = model.model.layers[0].linear_attn, twin.model.layers[0].linear_attn
+        assert twin_linear.forward.__self__ is twin_linear
+        uninstall(twin)
+        assert "forward" not in vars(twin_linear) and not twin.model.layers[0]._forward_pre_hooks
+        assert "forward" in vars(linear) and len(model.model.layers[0]._forward_pre_hooks) == 1
+    finally:
+        uninstall(model)
