@@ -32,18 +32,24 @@ Worked (default loss scale, qwen3_vl, no system)::
                         "<|im_start|>assistant\\n", "\\nYes<|im_end|>\\n"]
     content_pieces  -> ["user\\n", "Hi", "\\nYes"]   (+ first_turn + per_image)
 
+Qwen3.5's template first trims every content and re-wraps a ``<think>`` block (``trim``), then puts
+the empty think block ``"<think>\\n\\n</think>\\n\\n"`` before each response that does not open with
+``<think>`` (``response_prefix``): both counts start from :func:`prepared`, the messages so changed.
+
 Every field comes from the real template (``swift_plugins.training.calibration.chat_frame``),
 which also checks both counts against ``template.encode`` on calibration rows.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from swift_plugins.data.messages import IMAGE_TAG
 
-__all__ = ["ChatFrame", "content_pieces", "frame_tokens", "prepared", "render_segments", "split_turns"]
+__all__ = ["ChatFrame", "content_pieces", "frame_tokens", "prepared", "render_segments", "response_head",
+           "split_turns"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class ChatFrame:
     per_image: int = 0
     trim: bool = False          # contents trimmed, <think> blocks re-wrapped (ms-swift's Qwen3_5Template)
     response_prefix: str = ""   # put before every response not starting with "<think>" (the non-thinking prefix)
+    zero_loss_heads: tuple = ()  # regexes of a response's head at loss 0 (ms-swift's ignore_empty_think)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,6 +119,20 @@ def prepared(frame: ChatFrame, messages: Sequence[dict]) -> Sequence[dict]:
     return out
 
 
+def response_head(frame: ChatFrame, response: str) -> str:
+    """The head of ``response`` that ms-swift's ``ignore_empty_think`` loss scale puts at loss 0 ("" if none).
+
+    >>> response_head(ChatFrame(*[""] * 7, None, 0.0, 1.0, 1.0, "", "", "", zero_loss_heads=(r"^<think>\\s*</think>\\s*",)),
+    ...               "<think>\\n\\n</think>\\n\\nA cat.")
+    '<think>\\n\\n</think>\\n\\n'
+    """
+    for pattern in frame.zero_loss_heads:
+        found = re.match(pattern, response)
+        if found and found.end():
+            return response[:found.end()]
+    return ""
+
+
 def split_turns(messages: Sequence[dict]) -> list[tuple[str, str]]:
     """(user text, assistant text) per round of a validated conversation (the system message skipped)."""
     start = 1 if messages and messages[0]["role"] == "system" else 0
@@ -136,7 +157,10 @@ def render_segments(frame: ChatFrame, messages: Sequence[dict]) -> list[str]:
     for i, (query, response) in enumerate(turns):
         last = i == len(turns) - 1
         contexts.append((frame.prompt.replace("{{QUERY}}", query), frame.frame_loss))
-        contexts.append((response, frame.last_loss if last else frame.history_loss))
+        head = response_head(frame, response)
+        if head:
+            contexts.append((head, 0.0))
+        contexts.append((response[len(head):], frame.last_loss if last else frame.history_loss))
         contexts.append((frame.suffix, frame.last_loss) if last else (frame.chat_sep, frame.frame_loss))
     pieces: list[tuple[str, float]] = []
     for text, loss in contexts:
@@ -170,7 +194,10 @@ def content_pieces(frame: ChatFrame, messages: Sequence[dict]) -> tuple[list[str
         pieces.append(frame.user_head + parts[0])
         pieces.extend(parts[1:])
         joined = response_joined[1] if i == len(turns) - 1 else response_joined[0]
-        pieces.append(frame.assistant_head + response if joined else response)
+        head = "" if joined else response_head(frame, response)
+        if head:  # tokenized with the frame text before it, which an added token ends ("<think>")
+            pieces.append(head)
+        pieces.append(frame.assistant_head + response if joined else response[len(head):])
     return pieces, images
 
 

@@ -180,7 +180,7 @@ def chat_frame(template, counter: LengthCounter) -> ChatFrame:
         (bool(template.add_non_thinking_prefix and meta.non_thinking_prefix) and not _prefix_every_round(template),
          f"only the last round's response gets the prefix {meta.non_thinking_prefix!r}"),
         (not template._get_preserve_thinking(), "history responses lose their thinking part"),
-        (type(template.loss_scale) is not LossScale or template.loss_scale.base_strategy not in LOSS_LAYOUTS,
+        (_zero_loss_heads(template.loss_scale) is None or template.loss_scale.base_strategy not in LOSS_LAYOUTS,
          f"loss_scale {template._loss_scale!r} may split responses"),
         (meta.system_prefix is None, "the template has no system prompt"),
     ] if bad]
@@ -207,7 +207,8 @@ def chat_frame(template, counter: LengthCounter) -> ChatFrame:
                       frame_loss=frame_loss, history_loss=history_loss, last_loss=last_loss,
                       system_head=_head(system_before, added), user_head=_head(query_before, added),
                       assistant_head=_head(query_after, added), trim=_trims_contents(template),
-                      response_prefix=(meta.non_thinking_prefix or "") if template.add_non_thinking_prefix else "")
+                      response_prefix=(meta.non_thinking_prefix or "") if template.add_non_thinking_prefix else "",
+                      zero_loss_heads=_zero_loss_heads(template.loss_scale))
     rest = [_fast_rest(template, counter, frame, probe) for probe in CHAT_PROBES[:4]]
     frame = dataclasses.replace(frame, first_turn=rest[0], system=rest[1] - rest[0], next_turn=rest[2] - rest[0],
                                 per_image=rest[3] - rest[0])
@@ -220,6 +221,27 @@ def chat_frame(template, counter: LengthCounter) -> ChatFrame:
             raise ChatLayoutError(f"template {meta.template_type}: calibration conversation {list(probe)} encodes to "
                                   f"{total} tokens, counted {fast.total_tokens} (fast) / {exact.total_tokens} (exact)")
     return frame
+
+
+def _zero_loss_heads(loss_scale) -> Optional[tuple]:
+    """The response heads a loss scale puts at loss 0: () for a base strategy alone, ms-swift's
+    ``ignore_empty_think`` regexes for ``<base>+ignore_empty_think`` (what ms-swift picks for hybrid
+    thinking templates such as Qwen3.5's); None for any other loss scale (it may split responses)."""
+    from swift.loss_scale import LossScale
+    from swift.loss_scale.base import ConcatLossScale
+    from swift.loss_scale.other import IgnoreEmptyThinkLossScale
+
+    if type(loss_scale) is LossScale:
+        return ()
+    # "default+ignore_empty_think" is one IgnoreEmptyThinkLossScale with base_strategy "default"
+    parts = getattr(loss_scale, "loss_scales", None) if type(loss_scale) is ConcatLossScale else [loss_scale]
+    if not parts or any(type(p) not in (LossScale, IgnoreEmptyThinkLossScale) for p in parts):
+        return None
+    heads = [k for p in parts if type(p) is IgnoreEmptyThinkLossScale for k, v in p.loss_scale_map.items()]
+    if any(list(p.loss_scale_map[k]) != [0.0] for p in parts if type(p) is IgnoreEmptyThinkLossScale
+           for k in p.loss_scale_map):
+        return None
+    return tuple(k for k in heads if k.startswith("^"))
 
 
 def _prefix_every_round(template) -> bool:
