@@ -77,8 +77,12 @@ class ChatFrame:
     response_prefix: str = ""   # put before every response not starting with "<think>" (the non-thinking prefix)
     zero_loss_heads: tuple = ()  # regexes of a response's head at loss 0 (ms-swift's ignore_empty_think)
 
+    def __post_init__(self):
+        object.__setattr__(self, "zero_loss_heads", tuple(self.zero_loss_heads))  # a list after a JSON cache
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain JSON values (``zero_loss_heads`` a list); ``ChatFrame(**d)`` gives the frame back."""
+        return {**dataclasses.asdict(self), "zero_loss_heads": list(self.zero_loss_heads)}
 
     def system_text(self, messages: Sequence[dict]) -> str:
         """The system prompt ms-swift uses: the leading system message, else the default ("" = none)."""

@@ -158,9 +158,9 @@ def install(model: torch.nn.Module) -> Isolation:
     Raises :class:`UserError` (one line, the fix) for a linear-attention class this module does
     not know to restart per call: packing such a model would train mixed samples.
     """
-    existing = getattr(model, _INSTALLED, None)
-    if existing is not None:
-        return existing
+    owner = _owner(model)
+    if owner is not None:
+        return vars(owner)[_INSTALLED]
     layers = linear_attention_layers(model)
     unknown = sorted({type(m).__name__ for m in layers.values()} - set(ISOLATED_CLASSES))
     expected = _layer_types(model).count("linear_attention")
@@ -182,20 +182,24 @@ def install(model: torch.nn.Module) -> Isolation:
         backend = BACKEND_FLA if (getattr(type(some), _MS_SWIFT_PATCHED, False) and device.type == "cuda"
                                   and fla_kernels_available()) else BACKEND_PER_SEGMENT
     isolation = Isolation(sorted(layers), len(_layer_types(model)) or len(layers), backend, handles)
-    object.__setattr__(model, _INSTALLED, isolation)  # a plain attribute, not a submodule
+    vars(model)[_INSTALLED] = isolation  # a plain attribute in the model's own __dict__, not a submodule
     return isolation
 
 
 def uninstall(model: torch.nn.Module) -> None:
     """Undo :func:`install` on ``model``: class forwards and no hooks again."""
-    isolation = getattr(model, _INSTALLED, None)
-    if isolation is None:
+    owner = _owner(model)
+    if owner is None:
         return
-    for module in linear_attention_layers(model).values():
+    for module in linear_attention_layers(owner).values():
         module.__dict__.pop("forward", None)
-    for handle in isolation.handles:
+    for handle in vars(owner).pop(_INSTALLED).handles:
         handle.remove()
-    delattr(model, _INSTALLED)
+
+
+def _owner(model: torch.nn.Module) -> Optional[torch.nn.Module]:
+    """The module (``model`` or one inside it, e.g. the model a PEFT wrapper holds) :func:`install` ran on."""
+    return next((m for m in model.modules() if _INSTALLED in vars(m)), None)
 
 
 def attention_line(attn_impl: Optional[str], isolation: Isolation) -> str:
