@@ -1,4 +1,6 @@
-"""swift_plugins: exact-length analysis and isolated, planned sequence packing for Qwen3-VL with ms-swift.
+"""swift_plugins: exact-length analysis and isolated, planned sequence packing for Qwen-VL with ms-swift.
+
+Supported model families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE): ``families.py``.
 
 The data's path, one folder per stage::
 
@@ -22,9 +24,10 @@ __all__ = ["register_plugins"]
 def register_plugins(sidecar: Optional[str] = None) -> None:
     """Register everything this project adds to ms-swift and transformers; idempotent.
 
-    Template ``qwen3_vl_packing``, the bundled JSONL datasets, optimizer ``swiftpack_multimodal``,
-    callbacks ``swiftpack_*``, attention ``swiftpack_varlen`` (the packing templates also isolate
-    linear-attention layers, ``training/linear_attention.py``, when training starts). With ``sidecar`` (the JSON
+    The packing template of every family (``qwen2_vl_packing``, ``qwen2_5_vl_packing``,
+    ``qwen3_vl_packing``, ``qwen3_5_packing``; they also isolate linear-attention layers when training
+    starts, ``training/linear_attention.py``), the bundled JSONL datasets, optimizer ``swiftpack_multimodal``,
+    callbacks ``swiftpack_*``, attention ``swiftpack_varlen``. With ``sidecar`` (the JSON
     ``--export_flat`` writes) also that run's options: its datasets, save delay and the packing
     hook of plain ``swift sft``.
     """

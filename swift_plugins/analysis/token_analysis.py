@@ -51,7 +51,7 @@ __all__ = ["AnalysisOptions", "build_parser", "main", "options_from_argv", "pars
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="analyze_token_lengths.py",
-        description="Exact Qwen3-VL token lengths of a detection JSONL (text + image tokens, the same numbers "
+        description="Exact Qwen-VL token lengths (the model family from its config.json) of a detection JSONL (text + image tokens, the same numbers "
                     "ms-swift's template produces), packing simulations over max lengths and strategies, and a "
                     "recommended packing config. Image tokens come from each record's width/height through the "
                     "training path's resize rule; no image is decoded.",

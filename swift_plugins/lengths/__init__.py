@@ -1,4 +1,4 @@
-"""Exact Qwen3-VL sample lengths (text + image tokens) without decoding a single image.
+"""Exact Qwen-VL sample lengths (text + image tokens) without decoding a single image.
 
     record --width/height--> image_rule.ImageTokenRule --> image tokens  (the training path's resize)
            --conversation--> counter.LengthCounter     --> text tokens   (template frame + answer)

@@ -1,6 +1,7 @@
-"""Exact Qwen3-VL sample lengths without encoding a single image.
+"""Exact Qwen-VL sample lengths without encoding a single image.
 
-The length ms-swift's ``qwen3_vl`` template gives an LVIS record splits into three parts::
+The length the model family's ms-swift template (``qwen3_vl`` here; ``qwen2_vl``, ``qwen2_5_vl``
+alike, their default system prompt inside the frame) gives an LVIS record splits into three parts::
 
     total_tokens = frame(user text, number of images)      chat markers, prompt, vision_start/end
                  + tokens(assistant response)              compact JSON, digits one token each

@@ -1,4 +1,7 @@
-"""Image tokens from an image's size alone: the resize arithmetic of ms-swift's Qwen3-VL training path.
+"""Image tokens from an image's size alone: the resize arithmetic of ms-swift's Qwen-VL training path.
+
+Patch and merge size, pixel limits: the model family's (:func:`swift_plugins.families.image_rule`;
+Qwen3-VL: patch 16, factor 32, as in the examples below; Qwen2-VL / Qwen2.5-VL: patch 14, factor 28).
 
 Two resizes, as training runs them:
 
@@ -25,7 +28,7 @@ __all__ = ["ImageTokenRule"]
 
 @dataclass(frozen=True)
 class ImageTokenRule:
-    """The resize arithmetic of ms-swift's Qwen3-VL training path, as plain numbers.
+    """The resize arithmetic of ms-swift's Qwen-VL training path, as plain numbers.
 
     >>> rule = ImageTokenRule(patch_size=16, merge_size=2, min_pixels=4096, max_pixels=16777216)
     >>> rule.resized_size(640, 427), rule.tokens(640, 427)

@@ -1,6 +1,6 @@
 """Training inside ms-swift: the one package that imports torch, transformers and ms-swift.
 
-    template.py        qwen3_vl_packing: packed rows with 4-row positions, no KV cache (isolation)
+    template.py        <family>_packing: packed rows with 4-row positions, no KV cache (isolation)
     attention.py       swiftpack_varlen: attention per packed sample, no L x L mask
     linear_attention.py  linear-attention (Gated DeltaNet) layers restarted at each packed sample;
                        the packing template installs it when training starts (same log line)

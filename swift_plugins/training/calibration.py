@@ -3,9 +3,10 @@
 The counter (``swift_plugins.lengths``) is pure; four facts come from the real template::
 
     tokenizer        template.processor.tokenizer.backend_tokenizer (shared, not re-parsed)
-    image rule       patch / merge from the processor, pixel limits as ms-swift patched them
-                     into qwen-vl-utils (IMAGE_MIN/MAX_TOKEN_NUM, MIN/MAX_PIXELS overrides),
-                     the template's max_pixels
+    image rule       the model family's (swift_plugins.families.image_rule: resize patch, merge,
+                     pixel limits with ms-swift's IMAGE_MIN/MAX_TOKEN_NUM, MIN/MAX_PIXELS
+                     overrides) for the processor's patch / merge and the template's max_pixels,
+                     checked against what ms-swift set up in qwen-vl-utils in this process
     frames           len(template.encode(calibration row)) - what the counter counts itself,
                      per distinct (user text, image count), with 64x64 in-memory images
     chat layout      for messages records (:func:`chat_frame`): the template meta's prefix /

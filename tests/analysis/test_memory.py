@@ -164,6 +164,22 @@ def test_an_unsupported_model_type_is_a_user_error(tmp_path):
         ModelShape.from_config(_write_config(tmp_path, {"model_type": "llava"}))
 
 
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
+def test_parameter_counts_equal_each_tiny_checkpoint(tiny_family_dir, model_type):
+    """The family's keys give exactly the tensors the checkpoint stores (tied lm_head stored once)."""
+    from safetensors import safe_open
+
+    model = tiny_family_dir(model_type)
+    counts = {"vision": 0, "llm": 0}
+    with safe_open(str(model / "model.safetensors"), "np") as f:
+        for name in f.keys():
+            counts["vision" if ".visual." in name else "llm"] += int(np.prod(f.get_slice(name).get_shape()))
+    shape = ModelShape.from_config(model)
+    assert (shape.vision_params, shape.llm_params) == (counts["vision"], counts["llm"])
+    assert (shape.moe_layers, shape.experts, shape.experts_per_token) == ((2, 4, 2) if model_type.endswith("moe")
+                                                                          else (0, 0, 0))
+
+
 @pytest.mark.parametrize("model_type", ["qwen3_5", "qwen3_5_moe"])
 def test_hybrid_qwen3_5_counts_equal_the_real_model(tiny_family_dir, model_type):
     """Parameters and LoRA / DoRA counts of the tiny Qwen3.5 checkpoints equal what transformers builds from them."""
