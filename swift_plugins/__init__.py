@@ -25,10 +25,12 @@ def register_plugins(sidecar: Optional[str] = None) -> None:
     """Register everything this project adds to ms-swift and transformers; idempotent.
 
     The packing template of every family (``qwen2_vl_packing``, ``qwen2_5_vl_packing``,
-    ``qwen3_vl_packing``, ...), optimizer ``swiftpack_multimodal``, callbacks ``swiftpack_*``,
-    attention ``swiftpack_varlen``. With ``sidecar`` (the JSON ``--export_flat`` writes) also that
-    run's options: its JSONL datasets, and the next ``swift sft`` run of this process routed through
-    our hooks (``swift_plugins.training.plain_swift``, undone when its training ends).
+    ``qwen3_vl_packing``, ``qwen3_5_packing``; they also isolate linear-attention layers when training
+    starts, ``training/linear_attention.py``), optimizer ``swiftpack_multimodal``, callbacks
+    ``swiftpack_*``, attention ``swiftpack_varlen``. With ``sidecar`` (the JSON ``--export_flat``
+    writes) also that run's options: its JSONL datasets, and the next ``swift sft`` run of this
+    process routed through our hooks (``swift_plugins.training.plain_swift``, undone when its
+    training ends).
     """
     from swift_plugins.training import register_all
 

@@ -8,6 +8,12 @@ from its row, nowhere else::
     qwen2_5_vl     qwen2_5_vl         qwen2_5_vl_packing     14 (fixed)    ms-swift's       dense
     qwen3_vl       qwen3_vl           qwen3_vl_packing       processor's   none             dense
     qwen3_vl_moe   qwen3_vl           qwen3_vl_packing       processor's   none             MoE
+    qwen3_5        qwen3_5            qwen3_5_packing        processor's   none             dense, hybrid
+    qwen3_5_moe    qwen3_5            qwen3_5_packing        processor's   none             MoE, hybrid
+
+Qwen3.5 / Qwen3.6 (``qwen3_5``, ``qwen3_5_moe``) have their own token ids (vocabulary 248,320,
+``<|image_pad|>`` 248056) and a hybrid decoder: three of four layers are Gated DeltaNet linear
+attention, whose packed samples ``swift_plugins.training.linear_attention`` isolates (``hooks``).
 
 * ``template``: ms-swift's template; the packing template subclasses the class ms-swift registered
   under it (``Qwen2VLTemplate``, ``Qwen2_5VLTemplate``, ``Qwen3VLTemplate``) with a copy of its meta
@@ -39,7 +45,7 @@ from typing import Mapping, Optional
 from swift_plugins.errors import UserError
 from swift_plugins.lengths.image_rule import ImageTokenRule
 
-__all__ = ["DEFAULT_FAMILY", "FAMILIES", "QWEN_TOKENS", "Family", "SpecialTokens", "TextKeys", "VisionKeys", "counting_template", "family_for_config",
+__all__ = ["DEFAULT_FAMILY", "FAMILIES", "QWEN3_5_TOKENS", "QWEN_TOKENS", "Family", "SpecialTokens", "TextKeys", "VisionKeys", "counting_template", "family_for_config",
            "family_of_model", "image_rule", "image_token_limits", "read_config", "supported"]
 
 # qwen-vl-utils 0.0.14 defaults (vision_process.py), overridable through the environment
@@ -60,6 +66,9 @@ class SpecialTokens:
 
 QWEN_TOKENS = SpecialTokens(endoftext=151643, im_start=151644, im_end=151645, vision_start=151652,
                             vision_end=151653, image_pad=151655, video_pad=151656)
+# Qwen3.5 / Qwen3.6: ms-swift's Qwen3_5Template (image 248056, video 248057) and the tokenizer's specials
+QWEN3_5_TOKENS = SpecialTokens(endoftext=248044, im_start=248045, im_end=248046, vision_start=248053,
+                               vision_end=248054, image_pad=248056, video_pad=248057)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class TextKeys:
     qkv_bias: bool = False
     qk_norm: bool = False
     moe: bool = False
+    hybrid: bool = False  # Qwen3.5: Gated DeltaNet layers (layer_types), gated full attention, a shared expert
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,7 @@ _QWEN2_SYSTEM = "You are a helpful assistant."  # ms-swift template/templates/ut
 _QWEN2_TEXT = TextKeys(qkv_bias=True)
 _QWEN3_VISION = VisionKeys(deepstack="deepstack_visual_indexes", position_embeddings="num_position_embeddings",
                            patch_bias=True)
+_QWEN3_5_VISION = VisionKeys(position_embeddings="num_position_embeddings", patch_bias=True)  # no DeepStack
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("qwen2_vl", "Qwen2-VL", "qwen2_vl", "qwen2_vl", "qwen2_vl_packing", 14, 14, _QWEN2_SYSTEM,
@@ -128,6 +139,11 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            TextKeys(qk_norm=True)),
     Family("qwen3_vl_moe", "Qwen3-VL-MoE", "qwen3_vl_moe", "qwen3_vl", "qwen3_vl_packing", None, 16, None,
            _QWEN3_VISION, TextKeys(qk_norm=True, moe=True)),
+    Family("qwen3_5", "Qwen3.5", "qwen3_5", "qwen3_5", "qwen3_5_packing", None, 16, None, _QWEN3_5_VISION,
+           TextKeys(qk_norm=True, hybrid=True), QWEN3_5_TOKENS, hooks=("linear_attention",)),
+    Family("qwen3_5_moe", "Qwen3.5-MoE", "qwen3_5_moe", "qwen3_5", "qwen3_5_packing", None, 16, None,
+           _QWEN3_5_VISION, TextKeys(qk_norm=True, moe=True, hybrid=True), QWEN3_5_TOKENS,
+           hooks=("linear_attention",)),
 )}
 
 # The family whose packing template an exported config names when model.model is no local folder

@@ -1,6 +1,7 @@
 """swift_plugins.families: the family table, its refusal of other models and its image rule, exactly."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from swift_plugins.errors import UserError, run_main
 from swift_plugins.families import (FAMILIES, counting_template, family_for_config, family_of_model, image_rule,
                                     image_token_limits)
 
-SUPPORTED = "qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe"
+SUPPORTED = "qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5, qwen3_5_moe"
 
 
 def test_rows_are_keyed_by_their_model_type_and_name_ms_swift_templates():
@@ -19,9 +20,27 @@ def test_rows_are_keyed_by_their_model_type_and_name_ms_swift_templates():
         "qwen2_vl": ("qwen2_vl", "qwen2_vl", "qwen2_vl_packing"),
         "qwen2_5_vl": ("qwen2_5_vl", "qwen2_5_vl", "qwen2_5_vl_packing"),
         "qwen3_vl": ("qwen3_vl", "qwen3_vl", "qwen3_vl_packing"),
-        "qwen3_vl_moe": ("qwen3_vl_moe", "qwen3_vl", "qwen3_vl_packing")}
-    assert [f.default_system for f in FAMILIES.values()] == ["You are a helpful assistant."] * 2 + [None] * 2
-    assert all(f.tokens.image_pad == 151655 and f.tokens.vision_start == 151652 for f in FAMILIES.values())
+        "qwen3_vl_moe": ("qwen3_vl_moe", "qwen3_vl", "qwen3_vl_packing"),
+        "qwen3_5": ("qwen3_5", "qwen3_5", "qwen3_5_packing"),
+        "qwen3_5_moe": ("qwen3_5_moe", "qwen3_5", "qwen3_5_packing")}
+    assert [f.default_system for f in FAMILIES.values()] == ["You are a helpful assistant."] * 2 + [None] * 4
+    assert [(f.tokens.image_pad, f.tokens.video_pad, f.tokens.vision_start) for f in FAMILIES.values()] == \
+        [(151655, 151656, 151652)] * 4 + [(248056, 248057, 248053)] * 2
+    assert [f.model_type for f in FAMILIES.values() if "linear_attention" in f.hooks] == ["qwen3_5", "qwen3_5_moe"]
+
+
+def test_qwen3_5_token_ids_are_ms_swift_templates_and_the_tokenizers(tiny_family_dir):
+    """The row's ids equal what ms-swift's Qwen3_5Template hard-codes and the Qwen3.5 tokenizer's specials."""
+    from swift.template.templates.qwen import Qwen3_5Template
+    from transformers import AutoTokenizer
+
+    tokens = FAMILIES["qwen3_5"].tokens
+    assert (Qwen3_5Template.image_token_id, Qwen3_5Template.video_token_id) == (tokens.image_pad, tokens.video_pad)
+    tok = AutoTokenizer.from_pretrained(tiny_family_dir("qwen3_5"))
+    names = {"endoftext": "<|endoftext|>", "im_start": "<|im_start|>", "im_end": "<|im_end|>",
+             "vision_start": "<|vision_start|>", "vision_end": "<|vision_end|>", "image_pad": "<|image_pad|>",
+             "video_pad": "<|video_pad|>"}
+    assert {k: tok.convert_tokens_to_ids(v) for k, v in names.items()} == dataclasses.asdict(tokens)
 
 
 @pytest.mark.parametrize("config, shown", [({"model_type": "llava"}, "'llava'"), ({}, "None"),

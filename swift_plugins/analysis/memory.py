@@ -20,6 +20,16 @@ model and the vision tower. The per-token activation factor (16*h + 6*i bytes/2)
 usual transformer accounting (Korthikanti et al. 2022) without the s^2 attention term. Vision
 tower activations are small next to the language model's at these lengths and are ignored.
 Measure on your hardware before trusting the last GiB.
+
+Hybrid decoders (Qwen3.5 / Qwen3.6: three of four layers Gated DeltaNet) have exact parameter and
+LoRA counts here. At inference a linear-attention layer holds a fixed-size recurrent state (value
+heads x key dim x value dim) instead of a KV cache that grows with L; training keeps no cache
+either way (``use_cache`` false), so for training memory the difference is in the activations:
+such a layer has no attention scores at all, but transformers' chunked kernel keeps one fp32
+state per 64-token chunk for the backward (value heads x key dim x value dim x 4 bytes x L / 64:
+with the config defaults, 32 x 128 x 128: 32 KiB per token and layer) and fp32 copies of q, k and v. The estimate counts
+these layers with the same per-token factor as attention layers; without gradient checkpointing
+add the chunk states per linear-attention layer.
 """
 from __future__ import annotations
 
@@ -52,6 +62,9 @@ class ModelShape:
     experts: int = 0
     experts_per_token: int = 0
     moe_intermediate: int = 0
+    # the language model's linear layers as ((layers, ((d_in, d_out), ...)), ...) where they are not the standard
+    # attention + MLP ones (Qwen3.5: Gated DeltaNet and gated full-attention layers); what LoRA targets
+    linear_groups: tuple = ()
 
     @property
     def total_params(self) -> int:
@@ -69,11 +82,14 @@ class ModelShape:
         hd = t.get("head_dim") or h // heads
         moe = _moe_layout(t, n) if family.text.moe else (0, 0, 0, 0)
         tied = cfg.get("tie_word_embeddings", t.get("tie_word_embeddings", False))
-        llm = (_text_layers(family.text, h, i, n, heads, kv, hd, moe) + t["vocab_size"] * h * (1 if tied else 2)
-               + h)
+        layers = _hybrid_layers(t, h, i, heads, kv, hd, moe) if family.text.hybrid else \
+            _text_layers(family.text, h, i, n, heads, kv, hd, moe)
+        llm = layers + t["vocab_size"] * h * (1 if tied else 2) + h
+        groups = _hybrid_linear_groups(t, h, i, heads, kv, hd, moe) if family.text.hybrid else ()
         return cls(hidden=h, intermediate=i, layers=n, heads=heads, kv_heads=kv, head_dim=hd, vocab=t["vocab_size"],
                    vision_params=vision_params(family.vision, cfg.get("vision_config", {})), llm_params=int(llm),
-                   moe_layers=moe[0], experts=moe[1], experts_per_token=moe[2], moe_intermediate=moe[3])
+                   moe_layers=moe[0], experts=moe[1], experts_per_token=moe[2], moe_intermediate=moe[3],
+                   linear_groups=groups)
 
     @property
     def active_intermediate(self) -> int:
@@ -90,6 +106,8 @@ class ModelShape:
         def per_layer(shapes):
             return sum(rank * (a + b) + (b if dora else 0) for a, b in shapes)
 
+        if self.linear_groups:
+            return sum(count * per_layer(shapes) for count, shapes in self.linear_groups)
         return (self.layers - self.moe_layers) * per_layer(attention + mlp) + self.moe_layers * per_layer(attention)
 
 
@@ -109,6 +127,52 @@ def _text_layers(keys: TextKeys, h: int, i: int, n: int, heads: int, kv: int, hd
     sparse, experts, _, moe_i = moe
     dense_mlp, moe_mlp = 3 * h * i, experts * 3 * h * moe_i + experts * h
     return n * (attention + 2 * h) + (n - sparse) * dense_mlp + sparse * moe_mlp
+
+
+def _layer_types(t: dict) -> list:
+    n = t["num_hidden_layers"]
+    return t.get("layer_types") or ["full_attention" if (k + 1) % t.get("full_attention_interval", 4) == 0
+                                    else "linear_attention" for k in range(n)]
+
+
+def _hybrid_linear_groups(t: dict, h: int, i: int, heads: int, kv: int, hd: int, moe: tuple) -> tuple:
+    """Qwen3.5's linear layers per kind of layer: ((layers, ((d_in, d_out), ...)), ...).
+
+    A MoE layer's routed experts are fused tensors and its router a plain weight (no linear layers);
+    its shared expert and that expert's one-output gate are linear layers.
+    """
+    types = _layer_types(t)
+    full = types.count("full_attention")
+    nv, vd = t["linear_num_value_heads"], t["linear_num_value_heads"] * t["linear_value_head_dim"]
+    kd = t["linear_num_key_heads"] * t["linear_key_head_dim"]
+    attention = ((h, 2 * heads * hd), (h, kv * hd), (h, kv * hd), (heads * hd, h))
+    deltanet = ((h, 2 * kd + vd), (h, vd), (h, nv), (h, nv), (vd, h))
+    si = t.get("shared_expert_intermediate_size", 0)
+    mlp = ((h, si), (h, si), (si, h), (h, 1)) if moe[0] else ((h, i), (h, i), (i, h))
+    if moe[0] and moe[0] != len(types):
+        raise ValueError("a hybrid model with dense and MoE layers mixed is not modelled")
+    return ((full, attention + mlp), (len(types) - full, deltanet + mlp))
+
+
+def _hybrid_layers(t: dict, h: int, i: int, heads: int, kv: int, hd: int, moe: tuple) -> int:
+    """Parameters of Qwen3.5's decoder layers (``layer_types``; by default every 4th layer full attention).
+
+    Full attention is gated (q_proj also emits a gate per query channel) with q / k norms; a Gated
+    DeltaNet layer has in_proj_qkv / z / b / a, a depthwise conv (no bias) over q, k and v, dt_bias
+    and A_log per value head, a gated RMSNorm over the value head dim and out_proj; a MoE layer adds
+    a shared expert and its one-output gate beside the routed experts.
+    """
+    n = t["num_hidden_layers"]
+    full = _layer_types(t).count("full_attention")
+    nv, dv = t["linear_num_value_heads"], t["linear_value_head_dim"]
+    kd, vd = t["linear_num_key_heads"] * t["linear_key_head_dim"], nv * dv
+    attention = h * hd * (2 * heads + 2 * kv) + heads * hd * h + 2 * hd
+    conv = 2 * kd + vd
+    deltanet = h * (conv + vd + 2 * nv) + conv * t.get("linear_conv_kernel_dim", 4) + 2 * nv + dv + vd * h
+    sparse, experts, _, moe_i = moe
+    shared = 3 * h * t.get("shared_expert_intermediate_size", 0) + h if sparse else 0
+    dense_mlp, moe_mlp = 3 * h * i, experts * 3 * h * moe_i + experts * h + shared
+    return full * attention + (n - full) * deltanet + n * 2 * h + (n - sparse) * dense_mlp + sparse * moe_mlp
 
 
 def vision_params(keys: VisionKeys, v: dict) -> int:

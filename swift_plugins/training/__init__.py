@@ -2,6 +2,8 @@
 
     template.py        <family>_packing: packed rows with 4-row positions, no KV cache (isolation)
     attention.py       swiftpack_varlen: attention per packed sample, no L x L mask
+    linear_attention.py  linear-attention (Gated DeltaNet) layers restarted at each packed sample;
+                       the packing template installs it when training starts (same log line)
     datasets.py        --dataset PATH.jsonl read by our validator and to_swift_row
     packed_dataset.py  the plan as a dataset: lazy per-pack encoding in the dealt order
     callbacks.py       save delay, data order, packing metrics

@@ -39,7 +39,7 @@ from swift_plugins.lengths.counter import LengthCounter
 from swift_plugins.lengths.dataset import CACHE_FORMAT, code_digest
 from swift_plugins.lengths.image_rule import ImageTokenRule
 
-__all__ = ["CHAT_PROBES", "LOSS_LAYOUTS", "RESIZE_ENV_VARS", "ChatLayoutError", "chat_frame", "counter_cache_key",
+__all__ = ["CHAT_PROBES", "LOSS_LAYOUTS", "THINK_PROBES", "RESIZE_ENV_VARS", "ChatLayoutError", "chat_frame", "counter_cache_key",
            "counter_from_template", "image_rule_from_template", "load_counter", "load_template", "measure_frame",
            "template_family"]
 
@@ -151,6 +151,13 @@ CHAT_PROBES = (
 )
 
 
+# Templates that trim contents or prefix responses (Qwen3.5) are also checked on thinking blocks.
+THINK_PROBES = (
+    (_s(" sys \n"), _u("  q "), _a("\n<think>\n  why \n</think>\n\n\n ans \n")),
+    (_u("<image> a"), _a("<think>r</think>x"), _u(" "), _a(" <think>\n\n</think>\n\ny ")),
+)
+
+
 def chat_frame(template, counter: LengthCounter) -> ChatFrame:
     """The template's chat layout for :meth:`LengthCounter.count_messages`, read off the template,
     its constants measured by encoding, checked on :data:`CHAT_PROBES`; ``ChatLayoutError`` if the
@@ -171,10 +178,10 @@ def chat_frame(template, counter: LengthCounter) -> ChatFrame:
         (bool(meta.is_post_system), "the system prompt goes after the query (is_post_system)"),
         (bool(meta.auto_add_bos), "a BOS token is added (auto_add_bos)"),
         (not meta.support_multi_round, "the template keeps only the last round"),
-        (bool(template.add_non_thinking_prefix and meta.non_thinking_prefix),
-         f"responses get the prefix {meta.non_thinking_prefix!r}"),
+        (bool(template.add_non_thinking_prefix and meta.non_thinking_prefix) and not _prefix_every_round(template),
+         f"only the last round's response gets the prefix {meta.non_thinking_prefix!r}"),
         (not template._get_preserve_thinking(), "history responses lose their thinking part"),
-        (type(template.loss_scale) is not LossScale or template.loss_scale.base_strategy not in LOSS_LAYOUTS,
+        (_zero_loss_heads(template.loss_scale) is None or template.loss_scale.base_strategy not in LOSS_LAYOUTS,
          f"loss_scale {template._loss_scale!r} may split responses"),
         (meta.system_prefix is None, "the template has no system prompt"),
     ] if bad]
@@ -200,12 +207,14 @@ def chat_frame(template, counter: LengthCounter) -> ChatFrame:
     frame = ChatFrame(**pieces, image=image, image_pad=image_pad, default_system=meta.default_system,
                       frame_loss=frame_loss, history_loss=history_loss, last_loss=last_loss,
                       system_head=_head(system_before, added), user_head=_head(query_before, added),
-                      assistant_head=_head(query_after, added))
+                      assistant_head=_head(query_after, added), trim=_trims_contents(template),
+                      response_prefix=(meta.non_thinking_prefix or "") if template.add_non_thinking_prefix else "",
+                      zero_loss_heads=_zero_loss_heads(template.loss_scale))
     rest = [_fast_rest(template, counter, frame, probe) for probe in CHAT_PROBES[:4]]
     frame = dataclasses.replace(frame, first_turn=rest[0], system=rest[1] - rest[0], next_turn=rest[2] - rest[0],
                                 per_image=rest[3] - rest[0])
     check = LengthCounter(template.processor.tokenizer.backend_tokenizer, counter.rule, chat=frame)
-    for probe in CHAT_PROBES:
+    for probe in CHAT_PROBES + (THINK_PROBES if frame.trim or frame.response_prefix else ()):
         total, n = _encoded(template, counter, probe)
         sizes = [CALIBRATION_IMAGE] * n
         fast, exact = check.count_messages(probe, sizes), check.count_messages_exact(probe, sizes)
@@ -213,6 +222,41 @@ def chat_frame(template, counter: LengthCounter) -> ChatFrame:
             raise ChatLayoutError(f"template {meta.template_type}: calibration conversation {list(probe)} encodes to "
                                   f"{total} tokens, counted {fast.total_tokens} (fast) / {exact.total_tokens} (exact)")
     return frame
+
+
+def _zero_loss_heads(loss_scale) -> Optional[tuple]:
+    """The response heads a loss scale puts at loss 0: () for a base strategy alone, ms-swift's
+    ``ignore_empty_think`` regexes for ``<base>+ignore_empty_think`` (what ms-swift picks for hybrid
+    thinking templates such as Qwen3.5's); None for any other loss scale (it may split responses)."""
+    from swift.loss_scale import LossScale
+    from swift.loss_scale.base import ConcatLossScale
+    from swift.loss_scale.other import IgnoreEmptyThinkLossScale
+
+    if type(loss_scale) is LossScale:
+        return ()
+    # "default+ignore_empty_think" is one IgnoreEmptyThinkLossScale with base_strategy "default"
+    parts = getattr(loss_scale, "loss_scales", None) if type(loss_scale) is ConcatLossScale else [loss_scale]
+    if not parts or any(type(p) not in (LossScale, IgnoreEmptyThinkLossScale) for p in parts):
+        return None
+    heads = [k for p in parts if type(p) is IgnoreEmptyThinkLossScale for k, v in p.loss_scale_map.items()]
+    if any(list(p.loss_scale_map[k]) != [0.0] for p in parts if type(p) is IgnoreEmptyThinkLossScale
+           for k in p.loss_scale_map):
+        return None
+    return tuple(k for k in heads if k.startswith("^"))
+
+
+def _prefix_every_round(template) -> bool:
+    """ms-swift's ``_add_non_thinking_prefix``: every response gets it while training with a loss on every
+    round (or a meta that preserves thinking); only the last round's otherwise."""
+    return bool((template.is_training and template.loss_scale.base_strategy != "last_round")
+                or template.template_meta.preserve_thinking)
+
+
+def _trims_contents(template) -> bool:
+    """Whether the template trims message contents (Qwen3.5's): a padded conversation encodes as the bare one."""
+    padded, bare = (template.encode({"messages": [_u(q), _a(a)]})["input_ids"] for q, a in ((" a\n", "\n b "),
+                                                                                          ("a", "b")))
+    return padded == bare
 
 
 def _text(contexts, name: str) -> str:

@@ -116,6 +116,22 @@ class _PackingCollator:
             res["use_cache"] = False
         return res
 
+    def register_post_encode_hook(self, models: List[torch.nn.Module]) -> None:
+        """ms-swift's trainer calls this when training starts: also isolate linear-attention layers."""
+        super().register_post_encode_hook(models)
+        from swift_plugins.training.linear_attention import install_for_training
+
+        install_for_training(models, packing=bool(self.padding_free))
+
+    def remove_post_encode_hook(self):
+        """ms-swift's trainer calls this when training ends: the models get their class forwards back."""
+        from swift_plugins.training.linear_attention import uninstall
+
+        models = super().remove_post_encode_hook()
+        for model in models:
+            uninstall(model)
+        return models
+
 
 def packing_class(base: type) -> type:
     """``base`` (an ms-swift Qwen-VL template class) with 4-row packed positions, e.g. ``Qwen2_5VLTemplatePacking``."""

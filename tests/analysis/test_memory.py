@@ -178,3 +178,23 @@ def test_parameter_counts_equal_each_tiny_checkpoint(tiny_family_dir, model_type
     assert (shape.vision_params, shape.llm_params) == (counts["vision"], counts["llm"])
     assert (shape.moe_layers, shape.experts, shape.experts_per_token) == ((2, 4, 2) if model_type.endswith("moe")
                                                                           else (0, 0, 0))
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_5", "qwen3_5_moe"])
+def test_hybrid_qwen3_5_counts_equal_the_real_model(tiny_family_dir, model_type):
+    """Parameters and LoRA / DoRA counts of the tiny Qwen3.5 checkpoints equal what transformers builds from them."""
+    import torch
+    from transformers import AutoConfig, Qwen3_5ForConditionalGeneration, Qwen3_5MoeForConditionalGeneration
+
+    folder = tiny_family_dir(model_type)
+    shape = ModelShape.from_config(folder)
+    cls = Qwen3_5MoeForConditionalGeneration if model_type.endswith("moe") else Qwen3_5ForConditionalGeneration
+    model = cls(AutoConfig.from_pretrained(folder))
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    llm = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("model.visual"))
+    linear = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+              and not n.startswith(("model.visual", "lm_head"))]
+    assert (shape.llm_params, shape.vision_params) == (llm, vision)
+    assert shape.lora_params(2) == sum(2 * (m.in_features + m.out_features) for m in linear)
+    assert shape.lora_params(2, dora=True) == shape.lora_params(2) + sum(m.out_features for m in linear)
+    assert (shape.moe_layers, shape.experts) == ((4, 4) if model_type.endswith("moe") else (0, 0))

@@ -86,7 +86,7 @@ def test_a_model_of_another_family_than_the_config_says_is_refused(cfg, tmp_path
         C.flat_swift_args(r)
     _model(tmp_path, "llava")
     with pytest.raises(UserError, match=r"models/m/config.json: model_type: 'llava' is not supported \(supported: "
-                                        r"qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe\)"):
+                                        r"qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5, qwen3_5_moe\)"):
         C.flat_swift_args(C.resolve_config(cfg("z.yaml", PACKED), world_size=1))
 
 

@@ -5,6 +5,7 @@ One chain per family, every assertion on it (Qwen3-VL's runs are tests/e2e/test_
     qwen2_vl       analysis, figures, migration in process; python -m swift_plugins.sft, 2 packed steps
     qwen2_5_vl     the same, the training under torchrun with 2 ranks (the 2-rank packed run)
     qwen3_vl_moe   the same as qwen2_vl
+    qwen3_5        the same; its Gated DeltaNet layers isolated per packed sample (the start-up line says so)
 
 The analysis reads the bundled LVIS and messages samples (first 16 records each) and hand-made
 awkward messages rows (system prompts, multi-turn, several images, odd image sizes); every
@@ -28,7 +29,7 @@ from swift_plugins.families import FAMILIES
 
 pytestmark = pytest.mark.e2e
 PY = sys.executable
-RANKS = {"qwen2_vl": 1, "qwen2_5_vl": 2, "qwen3_vl_moe": 1}
+RANKS = {"qwen2_vl": 1, "qwen2_5_vl": 2, "qwen3_vl_moe": 1, "qwen3_5": 1}
 SAMPLES = [REPO / "public_data" / "lvis" / "sample" / "train.jsonl", REPO / "public_data" / "messages" / "sample" /
            "train.jsonl"]
 PADDING = "configs/tiny/sft_padding.yaml"
@@ -127,6 +128,9 @@ def test_packed_training_runs_the_family_template_on_the_planned_lengths(chain):
     common = {k for k in analysed if k in planned}
     assert len(common) >= MAX_RECORDS and all(planned[k] == analysed[k] for k in common)
     assert "Traceback" not in log
+    hybrid = "linear attention (3 of 4 layers): per-segment"
+    assert (log.count(f"swiftpack attention: full attention: swiftpack_varlen; {hybrid}") == 1) == \
+        ("linear_attention" in family.hooks)
 
 
 def test_two_ranks_each_train_their_own_packs(chain):

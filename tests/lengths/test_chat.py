@@ -113,3 +113,15 @@ def test_frame_tokens(messages, images, expected):
 
 def test_frame_tokens_counts_the_default_system():
     assert frame_tokens(dataclasses.replace(QWEN, default_system="Sys"), HI, 1) == 8 + 3 + 2
+
+
+def test_prepared_trims_rewraps_thinking_and_prefixes_responses():
+    from swift_plugins.lengths.chat import prepared
+
+    frame = dataclasses.replace(QWEN, trim=True, response_prefix="<think>\n\n</think>\n\n")
+    messages = [msg("system", " s \n"), msg("user", "\n q "), msg("assistant", " a "),
+                msg("user", "r"), msg("assistant", "\n<think>\n\n x \n</think>\n\n\nb ")]
+    assert [m["content"] for m in prepared(frame, messages)] == [
+        "s", "q", "<think>\n\n</think>\n\na", "r", "<think>\nx\n</think>\n\nb"]
+    assert prepared(QWEN, messages) is messages  # a template that does neither: untouched
+    assert render_segments(frame, messages[1:3])[-1] == "<think>\n\n</think>\n\na" + QWEN.suffix

@@ -57,3 +57,27 @@ def test_answer_counter_handles_punctuation_and_unicode_descs(tiny_template):
     text = json.dumps([{"desc": d, k: c} for d, k, c in objects], separators=(",", ":"), ensure_ascii=False)
     assert answers.count(objects) == counter.text_tokens([text])[0]
     assert answers.count(objects[:1]) == counter.text_tokens([text.split(',{"desc":"say')[0] + "]"])[0]
+
+
+def test_qwen3_5_counter_equals_template_encode(tiny_family_dir, sample_dir, tmp_path):
+    """ms-swift's qwen3_5 template (content trimmed, the empty think block before each answer, image 248056):
+    the bundled LVIS records and awkward image sizes count exactly."""
+    template = load_template(tiny_family_dir("qwen3_5"))
+    assert template.template_meta.template_type == "qwen3_5" and template.image_token_id == 248056
+    counter = counter_from_template(template)
+    rows = [(data.to_swift_row(record, base_dir=sample_dir, sample_key=line), (record["width"], record["height"]))
+            for line, record in list(data.iter_records(sample_dir / "train.jsonl"))[:15]]
+    for w, h in AWKWARD[:6]:
+        image = tmp_path / f"{w}x{h}.png"
+        Image.new("RGB", (w, h), (1, 2, 3)).save(image)
+        rows.append(({"messages": [{"role": "user", "content": "<image>Detect all objects.\n"},
+                                   {"role": "assistant", "content": '[{"desc":"a","bbox_2d":[%d,2,3,4]}]' % w}],
+                      "images": [str(image)]}, (w, h)))
+    tok = template.processor.tokenizer
+    think, head = (tok.encode(t, add_special_tokens=False) for t in ("<think>\n\n</think>\n\n", "assistant\n"))
+    for row, size in rows:
+        encoded = template.encode(row)["input_ids"]
+        (ours,) = counter.count_rows([row], [[size]])
+        assert (ours.total_tokens, ours.image_tokens) == (len(encoded), encoded.count(248056)), size
+        start = len(encoded) - encoded[::-1].index(248045) + len(head)  # after "<|im_start|>assistant\n"
+        assert think == encoded[start:start + len(think)]

@@ -143,3 +143,21 @@ def test_counter_without_chat_layout_says_how_to_get_one(tiny_template):
     failed = LengthCounter(counter.state()["tokenizer_json"], counter.rule, chat_error="template x: reason")
     with pytest.raises(ValueError, match="messages records cannot be counted with this template: template x: reason"):
         failed.count_messages([msg("user", "a"), msg("assistant", "b")], [])
+
+
+@pytest.mark.parametrize("loss_scale", ["default", "default+ignore_empty_think"])
+def test_qwen3_5_messages_count_equals_template_encode(tiny_family_dir, records, loss_scale):
+    """ms-swift's qwen3_5 template trims every content, re-wraps <think> blocks and puts the empty think block
+    before each response; training adds ``+ignore_empty_think`` (that block at loss 0, tokenized apart): read off
+    the template (trim, response_prefix, zero_loss_heads), exact on the awkward records."""
+    template = load_template(tiny_family_dir("qwen3_5"))
+    template._loss_scale = loss_scale  # what ms-swift's TemplateArguments._set_loss_scale picks for training
+    folder, recs = records
+    think = msg("assistant", "  <think>\n  because \n</think>\n\n\n It is red. ")
+    empty = msg("assistant", "<think> </think> Empty thinking.")
+    totals = check_exact(template, folder, recs + [{"messages": [msg("user", "Why?"), think, msg("user", "So?"),
+                                                                 empty]}])
+    chat = counter_from_template(template).chat
+    assert (chat.trim, chat.response_prefix) == (True, "<think>\n\n</think>\n\n")
+    assert bool(chat.zero_loss_heads) == (loss_scale != "default")
+    assert len(totals) == 14 and max(totals) > 4000

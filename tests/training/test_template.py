@@ -191,3 +191,26 @@ def test_flash_attention_packed_logits_equal_each_sample_alone(tiny_model_dir, t
         pytest.fail("the gpu marker needs a CUDA device")
     model, template, encoded = _setup(tiny_model_dir, tmp_path, "flash_attn", device="cuda", dtype=torch.bfloat16)
     assert max(_segment_diffs(model, template, encoded)) <= 5e-2  # bf16 kernels
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_trainer_hooks_install_linear_attention_isolation_for_the_run_only(tiny_template, packing):
+    """ms-swift's trainer calls register_post_encode_hook at train start and remove_post_encode_hook at the end."""
+    from swift import get_template
+    from swift_plugins.dev.hybrid_decoder import build
+    from swift_plugins.training.linear_attention import BACKEND_PER_SEGMENT
+
+    register()
+    template = get_template(tiny_template.processor, template_type=TEMPLATE_TYPE)
+    template.padding_free = template.packing = packing
+    model = build(seed=0)
+    linear = model.model.layers[0].linear_attn
+    template.register_post_encode_hook([model])
+    try:
+        isolation = getattr(model, "_swiftpack_isolation", None)
+        assert ("forward" in vars(linear)) == packing
+        assert (isolation.backend, len(isolation.layers)) == (BACKEND_PER_SEGMENT, 3) if packing else isolation is None
+    finally:
+        template.remove_post_encode_hook()
+    assert "forward" not in vars(linear) and not hasattr(model, "_swiftpack_isolation")
+    assert not model._forward_pre_hooks and not model.model.layers[0]._forward_pre_hooks

@@ -19,6 +19,7 @@ from conftest import detection_swift_rows, msg, save_image
 from swift_plugins.families import FAMILIES
 from swift_plugins.training.attention import ATTN_IMPL
 from swift_plugins.training.attention import register as register_attention
+from swift_plugins.training.linear_attention import install
 from swift_plugins.training.template import check_packing_template, is_packing_template, register
 
 # (224, 168): 16 x 12 patches of 14 -> 8 x 6 merged tokens -> several 2 x 2 windows of the tiny Qwen2.5-VL
@@ -64,6 +65,8 @@ def family_pack(request, tiny_family_dir, tmp_path_factory):
     family, model_dir = FAMILIES[request.param], tiny_family_dir(request.param)
     register()
     model, processor = _load(model_dir, family)
+    if "linear_attention" in family.hooks:  # what the template does when ms-swift's trainer starts
+        install(model)
     template = get_template(processor, template_type=family.packing_template)
     template.set_mode("train")
     template.model = model
@@ -177,8 +180,11 @@ def test_packed_loss_and_gradients_equal_unpacked_batch_with_gradient_checkpoint
     assert abs(loss_p - loss_u) / abs(loss_u) <= 1e-4
     assert grads_u.keys() == grads_p.keys() and len(grads_p) >= 16
     assert any("lora_magnitude_vector" in n for n in grads_p) == dora
+    # the floor: near-zero gradients of the hybrid MoE (its shared-expert gate's DoRA magnitude, norm ~6e-7, a sum
+    # that cancels; Gated DeltaNet's decay input, ~2e-4) differ by up to ~5e-7 between the padded and the packed
+    # layout (fp32 rounding); every other gradient still within 1e-4 relative, and a leak is 1e-2
     for name, ref in grads_u.items():
-        assert (grads_p[name] - ref).norm() <= 1e-4 * ref.norm() + 1e-9, name
+        assert (grads_p[name] - ref).norm() <= 1e-4 * ref.norm() + 1e-6, name
 
 
 @pytest.mark.parametrize("family_pack", ["qwen3_vl_moe"], indirect=True)
