@@ -11,9 +11,9 @@
 Parts (each timed ``--repeat`` times, best reported):
   A  cold analysis   ``scripts/analyze_token_lengths.py`` on the 99,388-record synthetic LVIS-like
                      set (width/height only, ``--check_images false``) in a fresh subprocess with
-                     ``--clear-cache`` (counter calibration + counting + simulations + outputs),
+                     ``--clear_cache`` (counter calibration + counting + simulations + outputs),
                      ``--num_workers`` 1 and 2. Targets: <= 60 s wall, <= 2 GiB peak RSS.
-  B  warm analysis   the same command without ``--clear-cache`` right after: the counter and the
+  B  warm analysis   the same command without ``--clear_cache`` right after: the counter and the
                      lengths come from the cache. Target: <= 5 s wall.
   C  ms-swift vs us  the bundled sample's 200 records with real JPEGs, cycled to
                      ``--compare_records``; both start from the same loaded template.
@@ -193,7 +193,7 @@ def analysis_cmd(model: str, jsonl: str, out_dir: str, cache_dir: str, workers: 
     cmd += ["scripts/analyze_token_lengths.py", "--model_path", model, "--train_jsonl", jsonl,
             "--output_dir", out_dir, "--check_images", "false", "--cache_dir", cache_dir,
             "--num_workers", str(workers)]
-    return cmd + (["--clear-cache"] if cold else [])
+    return cmd + (["--clear_cache"] if cold else [])
 
 
 def run_analysis(args, model: str, jsonl: str) -> tuple[list[dict], dict]:
@@ -469,7 +469,7 @@ def analysis_table(args, runs: list[dict], verdicts: dict, met) -> list[str]:
             ok = r["wall"] <= TARGET_WARM_S
             target = f"<= {TARGET_WARM_S:g} s: {met(ok)}"
         verdicts[f"{kind} w{workers}"] = ok
-        name = f"{kind} (--clear-cache), --num_workers {workers}" if kind == "cold" else \
+        name = f"{kind} (--clear_cache), --num_workers {workers}" if kind == "cold" else \
             "warm (cache hit), --num_workers 1"
         lines.append(f"| {name} | {r['wall']:.2f} | {fmt(r['calib'])} | {fmt(r['count'])} | {fmt(r['sims'])} | "
                      f"{peak_tree / GIB:.2f} | {peak_proc / GIB:.2f} | {r['cpu']:.1f} | {r['load']} | {target} |")
@@ -571,7 +571,7 @@ def main(argv=None) -> int:
 
     runs = []
     if not args.skip_analysis:
-        print(f"A/B: analysis in fresh subprocesses (cold --clear-cache, workers {args.workers}; warm), "
+        print(f"A/B: analysis in fresh subprocesses (cold --clear_cache, workers {args.workers}; warm), "
               f"{args.repeat} repeats")
         runs, _ = run_analysis(args, model, jsonl)
     cmp = None

@@ -26,8 +26,8 @@ def test_every_family_is_tested_here():
     assert set(TEMPLATES) == set(FAMILIES)
 
 
-# One family of each kind: the default, windowed vision, hybrid MoE with the 248,320-row vocabulary.
-@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen2_5_vl", "qwen3_5_moe"])
+# The default and the most involved (hybrid MoE, placeholders up to the 248,320-row vocabulary).
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_5_moe"])
 def test_build_twice_gives_identical_files(tiny_family_dir, tmp_path, model_type):
     first = tiny_family_dir(model_type)
     again = tiny_model.build(tmp_path / "again", family_name=model_type)
@@ -37,12 +37,6 @@ def test_build_twice_gives_identical_files(tiny_family_dir, tmp_path, model_type
     match, mismatch, errors = filecmp.cmpfiles(first, again, names, shallow=False)
     assert mismatch == [] and errors == []
     assert json.loads((first / "config.json").read_text())["model_type"] == model_type
-
-
-def test_other_seed_other_weights_same_tokenizer(tiny_model_dir, tmp_path):
-    other = tiny_model.build(tmp_path / "seed1", seed=1)
-    assert (other / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
-    assert (other / "model.safetensors").read_bytes() != (tiny_model_dir / "model.safetensors").read_bytes()
 
 
 def test_loads_with_transformers_auto_classes_and_chat_template(tiny_model_dir):
@@ -97,6 +91,21 @@ def test_ms_swift_loads_each_family_and_its_template_encodes_an_image(tiny_famil
     with torch.no_grad():
         loss = model(**{k: v for k, v in batch.items() if k in keys}).loss
     assert torch.isfinite(loss) and loss.item() > 0
+    if model_type.startswith("qwen3_5"):
+        check_qwen3_5_model(model)
+
+
+def check_qwen3_5_model(model):
+    """Hybrid: Gated DeltaNet in layers 0-2, gated attention in layer 3; the 248,320-row vocabulary."""
+    text = model.config.text_config
+    assert text.layer_types == ["linear_attention"] * 3 + ["full_attention"]
+    kinds = [type(layer.linear_attn).__name__ if hasattr(layer, "linear_attn") else type(layer.self_attn).__name__
+             for layer in model.model.language_model.layers]
+    assert [k.endswith("GatedDeltaNet") for k in kinds] == [True, True, True, False]
+    assert model.get_input_embeddings().weight.shape == (248320, 64)
+    assert (model.config.image_token_id, model.config.video_token_id) == (248056, 248057)
+    if model.config.model_type == "qwen3_5_moe":
+        assert (text.num_experts, text.num_experts_per_tok) == (4, 2)
 
 
 @pytest.mark.parametrize("width,height,tokens", [(640, 480, 300), (640, 427, 260), (500, 375, 192)])
@@ -135,23 +144,6 @@ def test_qwen3_vl_moe_routes_top_2_of_4_experts(tiny_family_dir):
     assert (text.num_experts, text.num_experts_per_tok, text.decoder_sparse_step, text.mlp_only_layers) == (4, 2, 1, [])
 
 
-@pytest.mark.parametrize("model_type", ["qwen3_5", "qwen3_5_moe"])
-def test_qwen3_5_is_hybrid_with_the_248320_row_vocabulary(tiny_family_dir, model_type):
-    """layer_types linear x3 + full: Gated DeltaNet in layers 0-2, gated attention in layer 3."""
-    from transformers import AutoModelForImageTextToText
-
-    model = AutoModelForImageTextToText.from_pretrained(tiny_family_dir(model_type))
-    text = model.config.text_config
-    assert text.layer_types == ["linear_attention"] * 3 + ["full_attention"]
-    layers = model.model.language_model.layers
-    assert [type(layer.linear_attn).__name__.endswith("GatedDeltaNet") if hasattr(layer, "linear_attn") else "full"
-            for layer in layers] == [True, True, True, "full"]
-    assert model.get_input_embeddings().weight.shape == (248320, 64)
-    assert (model.config.image_token_id, model.config.video_token_id) == (248056, 248057)
-    if model_type == "qwen3_5_moe":
-        assert (text.num_experts, text.num_experts_per_tok) == (4, 2)
-
-
 def _cli(*args):
     return subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -165,13 +157,19 @@ def _read_only_target(tmp_path) -> pathlib.Path:
 
 
 @pytest.mark.parametrize("case", ["family", "file", "read_only", "seed"])
-def test_cli_refuses_a_bad_family_or_output_path_in_one_line(tmp_path, case):
+def test_cli_refuses_a_bad_family_or_output_path_in_one_line(tmp_path, capsys, case):
+    """Checked before anything is built; the family case runs the script itself."""
     (tmp_path / "a_file").write_text("x")
     args = {"family": [tmp_path / "m", "--family", "qwen9_vl"], "file": [tmp_path / "a_file"],
             "read_only": [_read_only_target(tmp_path)], "seed": [tmp_path / "m", "--seed", "-1"]}[case]
-    proc = _cli(*args)
-    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    if case == "family":
+        proc = _cli(*args)
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        code = tiny_model.main(list(map(str, args)))
+        out, err = capsys.readouterr()
+    assert code == 2 and out == "" and "Traceback" not in err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert {"family": "unknown model_type 'qwen9_vl' (choose one of qwen2_vl,", "file": "is a file",
             "read_only": "is not writable", "seed": "--seed: -1 is out of range"}[case] in lines[0]
