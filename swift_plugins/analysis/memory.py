@@ -29,6 +29,9 @@ from dataclasses import asdict, dataclass
 
 GIB = 1024 ** 3
 OVERHEAD_BYTES = 2 * GIB
+# Tokens per chunk of the fused linear cross-entropy (swift_plugins.training.fused_loss): its logits
+# peak is LOSS_CHUNK_TOKENS x vocab instead of L x vocab.
+LOSS_CHUNK_TOKENS = 1024
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
     packed_dataset.py  the plan as a dataset: lazy per-pack encoding in the dealt order
     callbacks.py       save delay, data order, packing metrics
     optimizer.py       swiftpack_multimodal: LLM / ViT / aligner learning rates
+    fused_loss.py      swiftpack_fused_ce: the loss without (L, vocab) logits
     pipeline.py        SwiftpackSft: ms-swift's SFT pipeline with our options
     calibration.py     template facts the pure length counter needs (used by the analysis too)
 
@@ -18,11 +19,12 @@ __all__ = ["register_all"]
 
 
 def register_all() -> None:
-    """Register the template, bundled datasets, optimizer, callbacks and attention (idempotent)."""
-    from swift_plugins.training import attention, callbacks, datasets, optimizer, template
+    """Register the template, bundled datasets, optimizer, callbacks, attention and fused loss (idempotent)."""
+    from swift_plugins.training import attention, callbacks, datasets, fused_loss, optimizer, template
 
     attention.register()
     template.register()
     datasets.register()
     optimizer.register()
     callbacks.register()
+    fused_loss.register()
