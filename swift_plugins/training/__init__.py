@@ -6,7 +6,8 @@
     packed_dataset.py  the plan as a dataset: lazy per-pack encoding in the dealt order
     callbacks.py       save delay, data order, packing metrics
     optimizer.py       swiftpack_multimodal: LLM / ViT / aligner learning rates
-    fused_loss.py      swiftpack_fused_ce: the loss without (L, vocab) logits
+    linear_ce.py       lm_head + cross-entropy a chunk of tokens at a time (pure PyTorch)
+    fused_loss.py      swiftpack_fused_ce: that loss inside ms-swift, no (L, vocab) logits
     pipeline.py        SwiftpackSft: ms-swift's SFT pipeline with our options
     calibration.py     template facts the pure length counter needs (used by the analysis too)
 

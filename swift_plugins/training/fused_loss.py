@@ -1,38 +1,31 @@
-"""Fused linear cross-entropy: the training loss without the (L, vocab) logits.
-
-transformers computes ``logits = lm_head(hidden)`` for every kept position, upcasts them to fp32
-and takes the cross-entropy: at L tokens and Qwen's 151,936-row vocabulary that is L x 151,936
-x (2 + 4 + 4) bytes (bf16 logits, fp32 copy, its gradient), 30 GB at L = 20,000. Here the
-tokens go through ``lm_head`` a chunk at a time; each chunk's loss AND gradients (hidden states,
-and ``lm_head`` when it trains) are computed at once and the chunk's logits freed, so the peak
-is one chunk x vocab (``LOSS_CHUNK_TOKENS`` tokens)::
-
-    hidden (N, H) --chunk c--> logits_c = (h_c @ W.T).float()      (c, V), freed after the chunk
-                                 loss    += sum over valid t of logsumexp(logits_c[t]) - logits_c[t, y_t]
-                                 dlogits  = softmax(logits_c) - onehot(y)   (rows with y = -100: 0)
-                                 grad_h[c] = dlogits @ W ;  grad_W += dlogits.T @ h_c   (if W trains)
-    backward: grad_h * g, grad_W * g   (g: the upstream gradient of the summed loss)
+"""The fused loss inside ms-swift: ``--loss_type swiftpack_fused_ce`` (``training.fused_loss``, default true).
 
 The numbers are today's: ignore index -100, ``logits[t]`` predicts ``labels[t + 1]``, the sum over
 tokens divided by ``num_items_in_batch`` (the token count of the whole optimizer step, as ms-swift
-and transformers weight it) or, without it, by this batch's label tokens.
+and transformers weight it) or, without it, by this batch's label tokens; computed by
+:func:`swift_plugins.training.linear_ce.linear_cross_entropy` a chunk of tokens at a time.
 
 How it plugs into ms-swift, without patching a class: ms-swift's loss registry. The config key
-``training.fused_loss`` (default true) sets ``--loss_type swiftpack_fused_ce``; ms-swift builds
+``training.fused_loss`` sets ``--loss_type swiftpack_fused_ce``; ms-swift builds
 :class:`FusedCrossEntropyLoss` with the trainer and calls it with the model outputs. Before the
 forward, :meth:`FusedCrossEntropyLoss.prepare_inputs` (called by the trainer's
 :class:`~swift_plugins.training.metrics.BatchRecorder`) asks the model, through two forward
 arguments transformers provides, for no logits (``logits_to_keep`` = an all-false mask) and for
-the final hidden states (``output_hidden_states=[last layer]``: only that layer is kept).
-``token_acc`` is computed from the chunks' argmax; ``eval_token_mean_loss`` from the per-token
-losses. Backends, chosen in :func:`loss_backend` only: liger-kernel's fused kernel (Triton) on
-CUDA when it is installed, else the chunked PyTorch path below (CPU and CUDA).
+the final hidden states (``output_hidden_states=[last layer]``: only that layer is kept)::
+
+    BatchRecorder.compute_loss -> prepare_inputs: logits_to_keep=[False] * L, output_hidden_states=[n - 1]
+      ms-swift compute_loss -> model(...) -> outputs.hidden_states[-1] (B, L, H), logits (B, 0, V)
+        FusedCrossEntropyLoss(outputs, labels, num_items_in_batch): hidden at ms-swift's kept positions
+          -> linear_cross_entropy(hidden, lm_head.weight, labels shifted) / num_items_in_batch
+          -> token_acc (ms-swift's compute_acc on the chunks' argmax), per-row sums for eval_token_mean_loss
+
+Not supported (refused or said): an adapter on lm_head (UserError), ms-swift's per-token
+``loss_scale`` (UserError), ``acc_strategy seq`` on packed rows (not logged, a warning), eval
+metrics that need the logits (``eval_metric``: set ``training.fused_loss false``).
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from swift.loss import BaseLoss, loss_map
@@ -41,122 +34,12 @@ from swift.utils import get_logger
 from swift_plugins.analysis.memory import LOSS_CHUNK_TOKENS
 from swift_plugins.errors import UserError
 from swift_plugins.names import FUSED_LOSS
+from swift_plugins.training.linear_ce import (BACKEND_LIGER, IGNORE_INDEX, linear_cross_entropy, loss_backend,
+                                              shift_targets)
 
-__all__ = ["BACKEND_CHUNKED", "BACKEND_LIGER", "IGNORE_INDEX", "FusedCrossEntropyLoss", "LinearCrossEntropy",
-           "gathered", "linear_cross_entropy", "loss_backend", "loss_path_line", "output_weight", "register",
-           "shift_targets"]
+__all__ = ["FusedCrossEntropyLoss", "loss_path_line", "output_weight", "register"]
 
-IGNORE_INDEX = -100
-BACKEND_CHUNKED, BACKEND_LIGER = "chunked", "liger"
 logger = get_logger()
-
-
-def loss_backend(device: torch.device) -> str:
-    """THE one place a backend is chosen: liger-kernel on CUDA when importable, else chunked PyTorch."""
-    if torch.device(device).type == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
-        return BACKEND_LIGER
-    return BACKEND_CHUNKED
-
-
-def shift_targets(labels: torch.Tensor) -> torch.Tensor:
-    """``labels[t + 1]`` at position t, -100 at the last position (transformers' ``ForCausalLMLoss``).
-
-    ``[[-100, 5, 6]] -> [[5, 6, -100]]``
-    """
-    return torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-
-
-@contextlib.contextmanager
-def gathered(weight: torch.nn.Parameter):
-    """The full ``weight`` inside: a DeepSpeed ZeRO-3 partitioned parameter is gathered (all ranks
-    take part), any other tensor is used as it is."""
-    if getattr(weight, "ds_id", None) is None:
-        yield weight
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
-        yield weight
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """``apply(hidden (N, H), weight (V, H), targets (N,), chunk)`` -> (summed loss (fp32 scalar),
-    per-token loss (N,) fp32, argmax prediction (N,) int64); only the sum has a gradient.
-
-    Worked example: hidden [[1, 0]], weight [[0, 0], [ln 3, 0]] -> logits [0, ln 3] (softmax
-    [1/4, 3/4]); target 1: loss = -ln(3/4) = 0.2877, prediction 1, d loss / d logits = [1/4, -1/4].
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk: int):
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        n = hidden.shape[0]
-        token_loss = torch.zeros(n, dtype=torch.float32, device=hidden.device)
-        preds = torch.empty(n, dtype=torch.long, device=hidden.device)
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        for start in range(0, n, chunk):
-            h, t = hidden[start:start + chunk], targets[start:start + chunk]
-            logits = (h @ weight.T).float()  # as transformers: logits in the model dtype, then upcast
-            valid = t != IGNORE_INDEX
-            safe = torch.where(valid, t, 0)
-            picked = logits.gather(1, safe[:, None])
-            top, best = logits.max(dim=-1, keepdim=True)
-            preds[start:start + chunk] = best[:, 0]
-            total = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)  # in place: one (chunk, V) buffer
-            token_loss[start:start + chunk] = ((top + total.log() - picked)[:, 0]) * valid
-            if need_h or need_w:
-                dlogits = logits.div_(total)  # softmax
-                dlogits.scatter_add_(1, safe[:, None], -valid[:, None].to(dlogits.dtype))
-                dlogits.mul_(valid[:, None])
-                dlogits = dlogits.to(hidden.dtype)
-                if need_h:
-                    grad_h[start:start + chunk] = dlogits @ weight
-                if need_w:
-                    grad_w.addmm_(dlogits.T.float(), h.float())
-            del logits
-        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
-        ctx.has, ctx.dtypes = (need_h, need_w), (hidden.dtype, weight.dtype)
-        ctx.mark_non_differentiable(token_loss, preds)
-        return token_loss.sum(), token_loss, preds
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_tokens, _grad_preds):
-        saved = list(ctx.saved_tensors)
-        grads = [None, None]
-        for k in (0, 1):
-            if ctx.has[k]:
-                grads[k] = (saved.pop(0).float() * grad_loss).to(ctx.dtypes[k])
-        return grads[0], grads[1], None, None
-
-
-def _liger(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """liger-kernel's fused linear cross-entropy, summed over the valid tokens (CUDA, Triton)."""
-    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-
-    return liger_fused_linear_cross_entropy(hidden, weight, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk: int = LOSS_CHUNK_TOKENS) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sum of ``cross_entropy(hidden @ weight.T, targets)`` over the tokens with ``targets != -100``,
-    with its per-token losses and argmax predictions, never holding more than ``chunk`` rows of logits.
-
-    ``hidden`` (N, H), ``weight`` (V, H) (a ZeRO-3 partitioned one is gathered), ``targets`` (N,).
-    On the liger backend the gradient comes from liger's kernel and the per-token numbers from a
-    no-grad chunked pass.
-    """
-    with gathered(weight) as w:
-        if loss_backend(hidden.device) == BACKEND_LIGER and torch.is_grad_enabled():
-            loss = _liger(hidden, w, targets)
-            with torch.no_grad():
-                _, token_loss, preds = _apply(hidden.detach(), w.detach(), targets, chunk)
-            return loss, token_loss, preds
-        return _apply(hidden, w, targets, chunk)
-
-
-def _apply(hidden, weight, targets, chunk):
-    return LinearCrossEntropy.apply(hidden, weight, targets, chunk)
 
 
 def loss_path_line(device: torch.device, fused: bool) -> str:
