@@ -17,7 +17,8 @@ is one chunk x vocab (``LOSS_CHUNK_TOKENS`` tokens)::
 Backends, chosen in :func:`loss_backend` only: liger-kernel's fused kernel (Triton) on CUDA when
 it is installed, else the chunked PyTorch path below (CPU and CUDA). A DeepSpeed ZeRO-3
 partitioned ``lm_head`` is gathered for the forward (:func:`gathered`); the backward only scales
-the gradients computed there, so it needs no second gather.
+the gradients computed there, so it needs no second gather. A trained partitioned ``lm_head`` (ZeRO-3
+with full tuning) is refused: its gradient would bypass DeepSpeed's reduce-scatter.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import Tuple
 import torch
 
 from swift_plugins.analysis.memory import LOSS_CHUNK_TOKENS
+from swift_plugins.errors import UserError
 
 __all__ = ["BACKEND_CHUNKED", "BACKEND_LIGER", "IGNORE_INDEX", "LinearCrossEntropy", "gathered",
            "linear_cross_entropy", "loss_backend", "shift_targets"]
@@ -54,10 +56,15 @@ def shift_targets(labels: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def gathered(weight: torch.nn.Parameter):
     """The full ``weight`` inside: a DeepSpeed ZeRO-3 partitioned parameter is gathered (all ranks
-    take part), any other tensor is used as it is."""
+    take part; a trained one is refused, see the module docstring), any other tensor is used as it is."""
     if getattr(weight, "ds_id", None) is None:
         yield weight
         return
+    if weight.requires_grad and torch.is_grad_enabled():
+        # its gradient would be a full (vocab, hidden) tensor handed to a partitioned parameter outside
+        # DeepSpeed's own gather / reduce-scatter of lm_head: not supported (LoRA / DoRA freeze lm_head)
+        raise UserError("training.fused_loss: a trained lm_head under DeepSpeed ZeRO-3 (full tuning) is not "
+                        "supported by the fused loss (set training.fused_loss false, or use ZeRO-2)")
     import deepspeed
 
     with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):

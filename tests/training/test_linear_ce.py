@@ -142,3 +142,55 @@ def test_a_plain_weight_is_used_as_it_is():
     weight = torch.nn.Parameter(torch.ones(3, 2))
     with gathered(weight) as w:
         assert w is weight
+
+
+ZERO3 = """
+import os, sys
+os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0")
+import torch, torch.nn.functional as F, deepspeed
+from swift_plugins.errors import UserError
+from swift_plugins.training.linear_ce import linear_cross_entropy
+deepspeed.init_distributed(dist_backend="gloo")
+torch.manual_seed(0)
+full = torch.randn(50, 8)
+with deepspeed.zero.Init(config_dict_or_path={"zero_optimization": {"stage": 3}, "train_batch_size": 1}):
+    head = torch.nn.Linear(8, 50, bias=False)
+with deepspeed.zero.GatheredParameters([head.weight], modifier_rank=0):
+    head.weight.data.copy_(full)
+assert head.weight.shape == (0,), head.weight.shape  # partitioned
+head.weight.requires_grad_(False)  # LoRA / DoRA: a frozen lm_head
+h = torch.randn(30, 8, requires_grad=True)
+t = torch.randint(0, 50, (30,))
+t[::4] = -100
+loss = linear_cross_entropy(h, head.weight, t, 7)[0]
+loss.backward()
+h2 = h.detach().clone().requires_grad_(True)
+ref = F.cross_entropy(h2 @ full.T, t, reduction="sum")
+ref.backward()
+assert abs(loss.item() - ref.item()) <= 1e-5 * abs(ref.item()), (loss.item(), ref.item())
+assert (h.grad - h2.grad).abs().max() <= 1e-5 * h2.grad.abs().max()
+assert head.weight.shape == (0,)  # partitioned again after the loss
+head.weight.requires_grad_(True)  # full tuning under ZeRO-3: refused, not silently wrong
+try:
+    linear_cross_entropy(h, head.weight, t, 7)
+except UserError as e:
+    print("refused:", e)
+print("ok")
+"""
+
+
+def test_a_zero3_partitioned_frozen_lm_head_is_gathered_and_a_trained_one_refused(repo_root):
+    """DeepSpeed ZeRO-3 in one CPU process (gloo, world size 1): a real partitioned lm_head weight."""
+    import subprocess
+    import sys
+
+    from conftest import child_environment, free_port
+
+    proc = subprocess.run([sys.executable, "-c", ZERO3, str(free_port())], cwd=repo_root, env=child_environment(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "ok"
+    assert ("refused: training.fused_loss: a trained lm_head under DeepSpeed ZeRO-3 (full tuning) is not supported by "
+            "the fused loss (set training.fused_loss false, or use ZeRO-2)") in lines
