@@ -106,6 +106,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                     grad_h[start:start + chunk] = dlogits @ weight
                 if need_w:
                     grad_w.addmm_(dlogits.T.float(), h.float())
+                del dlogits  # the same buffer as logits: both names go, or the next chunk's allocation doubles the peak
             del logits
         ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
         ctx.has, ctx.dtypes = (need_h, need_w), (hidden.dtype, weight.dtype)
