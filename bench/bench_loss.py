@@ -8,7 +8,11 @@ Part 1, lm_head + loss, forward + backward: hidden states (L, ``--hidden``) and 
   full    logits = hidden @ W.T, fp32 cross-entropy over them (transformers' path)
   fused   swift_plugins.training.linear_ce.linear_cross_entropy (chunks of LOSS_CHUNK_TOKENS tokens)
 Part 2, one whole training step of the tiny model (forward, backward, AdamW over every parameter)
-on one text-only row of ``--step_length`` tokens, each path.
+on one packed text row of ``--step_length`` tokens (bench_attention's LVIS-like sample lengths,
+swiftpack_varlen attention; 2,000: the global_max_length ``make demo``'s analysis recommends), each path.
+Part 3 (``--calibrate``), the memory estimate against measurements: the same step with gradient
+checkpointing for the tiny model and a wide random Qwen3-VL (bench_attention's WIDE text decoder,
+the real vocabulary) at three lengths each, both paths, next to ``fp32_estimate``.
 
 Every case runs once in a fresh process (``--_child``): peak RSS (VmHWM, reset once the inputs or the
 model exist) above the RSS at that point, and wall seconds of the case. A case whose estimate
@@ -283,7 +287,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--lengths", default="2048,8192,16384")
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--step_length", type=int, default=8000, help="tokens of the training-step row; 0: skip")
+    parser.add_argument("--step_length", type=int, default=2000,
+                        help="tokens of the training-step row (2,000: the global_max_length make demo recommends); 0: skip")
     parser.add_argument("--model", default=None, help="tiny checkpoint (default: built in a temporary folder)")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     parser.add_argument("--calibrate", default="tiny:2048,4096,8192;wide:1024,2048,4096",
