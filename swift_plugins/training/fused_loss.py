@@ -21,7 +21,7 @@ the final hidden states (``output_hidden_states=[last layer]``: only that layer 
 
 Not supported (refused or said): an adapter on lm_head (UserError), ms-swift's per-token
 ``loss_scale`` (UserError), ``acc_strategy seq`` on packed rows (not logged, a warning), eval
-metrics that need the logits (``eval_metric``: set ``training.fused_loss false``).
+metrics that read the logits (``eval_metric``: UserError; set ``training.fused_loss false``).
 """
 from __future__ import annotations
 
@@ -63,6 +63,10 @@ class FusedCrossEntropyLoss(BaseLoss):
     def __init__(self, args, trainer):
         super().__init__(args, trainer)
         from swift_plugins.training.metrics import BatchRecorder
+
+        if getattr(args, "eval_metric", None) is not None:
+            raise UserError(f"swift.eval_metric: {args.eval_metric} reads the logits, which the fused loss never builds "
+                            f"(set training.fused_loss false)")
 
         self._keep = None
         self.eval_rows: Optional[torch.Tensor] = None

@@ -88,3 +88,14 @@ def test_the_loss_is_registered_with_ms_swift():
 
     register_all()
     assert loss_map[FUSED_LOSS] is FusedCrossEntropyLoss
+
+
+def test_an_eval_metric_that_reads_logits_is_refused():
+    from swift.trainers import Seq2SeqTrainingArguments
+
+    from swift_plugins.training.fused_loss import FusedCrossEntropyLoss
+
+    args = Seq2SeqTrainingArguments(output_dir="unused", eval_metric="acc", report_to=[], use_cpu=True)
+    with pytest.raises(UserError, match=r"^swift.eval_metric: acc reads the logits, which the fused loss never builds "
+                                        r"\(set training.fused_loss false\)$"):
+        FusedCrossEntropyLoss(args, trainer=object())
