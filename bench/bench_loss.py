@@ -10,8 +10,8 @@ Part 1, lm_head + loss, forward + backward: hidden states (L, ``--hidden``) and 
 Part 2, one whole training step of the tiny model (forward, backward, AdamW over every parameter)
 on one packed text row of ``--step_length`` tokens (bench_attention's LVIS-like sample lengths,
 swiftpack_varlen attention; 2,000: the global_max_length ``make demo``'s analysis recommends), each path.
-Part 3 (``--calibrate``), the memory estimate against measurements: the same step with gradient
-checkpointing for the tiny model and a wide random Qwen3-VL (bench_attention's WIDE text decoder,
+Part 3 (``--calibrate``), the memory estimate against measurements: the same step, the second one (the
+first creates AdamW's moments), with gradient checkpointing, for the tiny model and a wide random Qwen3-VL (bench_attention's WIDE text decoder,
 the real vocabulary) at three lengths each, both paths, next to ``fp32_estimate``.
 
 Every case runs once in a fresh process (``--_child``): peak RSS (VmHWM, reset once the inputs or the
@@ -157,6 +157,10 @@ def step_case(case: Dict) -> Dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
     inputs = packed_row(case["n"])
     labels = inputs.pop("labels")
+    if case.get("warm"):  # steady state: AdamW's moments exist through the measured step, as from step 2 on
+        model_loss(model, inputs, labels, case["path"]).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     base = _reset_peak()
     start = time.perf_counter()
     loss = model_loss(model, inputs, labels, case["path"])
@@ -258,7 +262,7 @@ def calibrate(model_dir: str, lengths: Dict[str, List[int]], tmp: str) -> List[D
                     row["skipped"] = f"estimate {need / GIB:.1f} GiB > 90% of {available_bytes() / GIB:.1f} GiB"
                 else:
                     row.update(in_child({"kind": "step", "arch": arch, "model": model_dir, "gc": True, "path": path,
-                                         "n": n}))
+                                         "n": n, "warm": True}))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
