@@ -17,8 +17,9 @@ image placeholders, random patches, per-sample positions taken from the model it
                tuning, AdamW, gradient checkpointing: packed rows              samples, losses finite
                (swiftpack_varlen) vs padded batches (sdpa + 2-D mask), same
                samples: steps/s, samples/s, real tokens/s
-  memory       one training step per pack length: peak allocated vs            reported, not gated
-               swift_plugins.analysis.memory's estimate (full, ZeRO 0, GC, 1 GPU)
+  memory       one training step per pack length and loss path (full logits,   reported, not gated
+               fused linear cross-entropy): peak allocated vs
+               swift_plugins.analysis.memory's estimate of that path (full, ZeRO 0, GC, 1 GPU)
   zero3        tiny Qwen3-VL, full tuning, 2 packed steps (swiftpack_varlen,   per-step loss equals the
                4-row positions, images) under DeepSpeed ZeRO-3 vs plain torch  plain run (step 1 exactly
                (skipped when deepspeed is not installed; CPU accelerator in    within tolerance; step 2
@@ -30,6 +31,7 @@ any check raised (the traceback is in the summary).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -43,12 +45,13 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import bench_attention  # noqa: E402  (no ms-swift: transformers + swift_plugins.training.attention)
+import bench_loss  # noqa: E402  (no ms-swift: the loss paths, swift_plugins.training.linear_ce)
 
 SIZES = [(64, 96), (128, 64), (96, 96), (32, 160)]  # image (w, h): four grids
 PLANS = {
     "gpu": {"device": "cuda", "dtype": "bfloat16", "tol": 5e-2, "tiny_lengths": [4096, 8192, 16384, 32768],
             "wide_lengths": [4096, 16384], "reps": 3, "skip_over": (120.0, 100.0), "train_samples": 96,
-            "pack_len": 16384, "padded_batch": 4, "length_scale": 1, "memory_lengths": [4096, 8192, 16384, 32768],
+            "pack_len": 16384, "padded_batch": 4, "length_scale": 1, "memory_lengths": [8192, 16384, 32768],
             "wide_text": True},
     "dry_run": {"device": "cpu", "dtype": "float32", "tol": 1e-4, "tiny_lengths": [128, 256], "wide_lengths": [128],
                 "reps": 1, "skip_over": (60.0, 4.0), "train_samples": 8, "pack_len": 128, "padded_batch": 4,
@@ -352,29 +355,36 @@ def check_memory(work, plan) -> Dict:
     shape = ModelShape.from_config(folder)
     rows = []
     for n in plan["memory_lengths"]:
-        model = build_wide(folder, plan)
-        _set_impl(model, ATTN_IMPL)
-        batch = packed_rows(bench_attention.lvis_like_pack(n), n, plan["device"])[0]  # exactly n tokens
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        measured = None
-        for i in range(2):  # step 1 creates the AdamW state; step 2 is a steady-state step
-            if plan["device"] == "cuda" and i == 1:
-                torch.cuda.reset_peak_memory_stats()
-            model(**{k: v for k, v in batch.items() if k not in ("samples", "tokens")}, use_cache=False).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if plan["device"] == "cuda":
-            measured = torch.cuda.max_memory_allocated()
-        est = estimate_step_memory(shape, batch["tokens"], setup)
-        rows.append({"seq_len": batch["tokens"], "measured_gib": None if measured is None else measured / GIB,
-                     "estimate_total_gib": est["total"] / GIB,
-                     "estimate_without_overhead_gib": (est["total"] - est["overhead"]) / GIB,
-                     "estimate_parts_gib": {k: v / GIB for k, v in est.items()}})
-        del model, optimizer
-        bench_attention._free_cuda()
+        for path in bench_loss.PATHS:
+            model = build_wide(folder, plan)
+            _set_impl(model, ATTN_IMPL)
+            batch = packed_rows(bench_attention.lvis_like_pack(n), n, plan["device"])[0]  # exactly n tokens
+            inputs = {k: v for k, v in batch.items() if k not in ("samples", "tokens", "labels")}
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+            measured, losses = None, []
+            for i in range(2):  # step 1 creates the AdamW state; step 2 is a steady-state step
+                if plan["device"] == "cuda" and i == 1:
+                    torch.cuda.reset_peak_memory_stats()
+                loss = bench_loss.model_loss(model, {**inputs, "use_cache": False}, batch["labels"], path)
+                loss.backward()
+                losses.append(loss.item())
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if plan["device"] == "cuda":
+                measured = torch.cuda.max_memory_allocated()
+            est = estimate_step_memory(shape, batch["tokens"], dataclasses.replace(setup, fused_loss=path == "fused"))
+            rows.append({"seq_len": batch["tokens"], "loss_path": path, "losses": losses,
+                         "measured_gib": None if measured is None else measured / GIB,
+                         "estimate_total_gib": est["total"] / GIB,
+                         "estimate_without_overhead_gib": (est["total"] - est["overhead"]) / GIB,
+                         "estimate_parts_gib": {k: v / GIB for k, v in est.items()}})
+            del model, optimizer
+            bench_attention._free_cuda()
     return {"setup": setup_dict(setup), "config": str(folder / "config.json"), "rows": rows,
             "note": "measured = torch.cuda.max_memory_allocated of step 2 (no CUDA context); bf16 weights, torch "
-                    "AdamW states in bf16 (the estimate counts an fp32 master copy and fp32 Adam states)"}
+                    "AdamW states in bf16 (the estimate counts an fp32 master copy and fp32 Adam states); "
+                    "loss path full: transformers' loss over the (L, vocab) logits; fused: "
+                    "swift_plugins.training.linear_ce (liger-kernel if installed, else chunked PyTorch)"}
 
 
 def packed_row(model, samples: List[Dict]) -> Dict:
@@ -496,10 +506,11 @@ def markdown(summary: Dict) -> str:
         lines.append(f"\npacked / padded samples/s: {t['samples_per_s_ratio']:.2f}")
     if "rows" in c.get("memory", {}):
         lines += ["", "## Peak memory per pack length vs swift_plugins.analysis.memory", "",
-                  "| tokens | measured GiB | estimate GiB | estimate without 2 GiB overhead |", "|---:|---:|---:|---:|"]
+                  "| tokens | loss path | measured GiB | estimate GiB | estimate without 2 GiB overhead |",
+                  "|---:|---|---:|---:|---:|"]
         for r in c["memory"]["rows"]:
             measured = "n/a (CPU)" if r["measured_gib"] is None else f"{r['measured_gib']:.2f}"
-            lines.append(f"| {r['seq_len']:,} | {measured} | {r['estimate_total_gib']:.2f} | "
+            lines.append(f"| {r['seq_len']:,} | {r['loss_path']} | {measured} | {r['estimate_total_gib']:.2f} | "
                          f"{r['estimate_without_overhead_gib']:.2f} |")
         lines.append("\n" + c["memory"]["note"])
     if "losses" in c.get("zero3", {}):

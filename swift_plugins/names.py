@@ -9,6 +9,7 @@ them into ms-swift arguments, and by ``swift_plugins.training``, which registers
     training.optimizer: multimodal -> --optimizer swiftpack_multimodal  swift optimizers_map
     model.attn_impl: swiftpack_varlen -> --attn_impl swiftpack_varlen   transformers AttentionInterface
     training.log_data_order: true ->  --callbacks swiftpack_data_order  swift callbacks_map
+    training.fused_loss: true     ->  --loss_type swiftpack_fused_ce     swift loss_map
 """
 from __future__ import annotations
 
@@ -16,3 +17,4 @@ OPTIMIZER_NAME = "swiftpack_multimodal"
 VARLEN_ATTENTION = "swiftpack_varlen"
 CALLBACK_DATA_ORDER = "swiftpack_data_order"
 CALLBACK_EVAL_TOKEN_MEAN = "swiftpack_eval_token_mean"
+FUSED_LOSS = "swiftpack_fused_ce"

@@ -215,7 +215,7 @@ def setup_from_config(analysis: Analysis, config_path: str, *, world_size: Optio
     tuner = resolved.config.tuner
     mem = MemorySetup(tuner="full" if tuner.tuner_type == "full" else "dora" if tuner.use_dora else "lora",
                       lora_rank=tuner.lora_rank, zero_stage=zero_stage_of(resolved.config.deepspeed.config),
-                      gradient_checkpointing=t.gradient_checkpointing, world_size=w)
+                      gradient_checkpointing=t.gradient_checkpointing, world_size=w, fused_loss=t.fused_loss)
     return TrainingSetup(
         world_size=w, effective_batch_size=int(effective), padding_batch_size=int(padding_batch),
         num_train_epochs=float(t.num_train_epochs), max_steps=t.max_steps,

@@ -192,6 +192,8 @@ def memory_estimates(analysis: Analysis, setup: TrainingSetup, *, model_path: Op
 
 
 MEMORY_COLUMNS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead", "total")
+BOTH_PATHS = ("logits_fused", "total_fused", "logits_full", "total_full")
+LOSS_PATHS = {True: "fused linear cross-entropy, one chunk of logits", False: "full (L, vocab) logits"}
 
 
 def memory_estimates_md(analysis: Analysis, setup: TrainingSetup, est: dict, *, command: str = "") -> str:
@@ -216,10 +218,15 @@ def memory_estimates_md(analysis: Analysis, setup: TrainingSetup, est: dict, *, 
     out += [f"- Setup: tuner {s.tuner}" + (f" (rank {s.lora_rank})" if s.tuner != "full" else "") +
             f", ZeRO stage {s.zero_stage}, gradient checkpointing {str(s.gradient_checkpointing).lower()}, "
             f"world size {s.world_size}; one packed row of max_length tokens per device batch",
+            f"- Loss: {LOSS_PATHS[s.fused_loss]} (`training.fused_loss {str(s.fused_loss).lower()}`): the columns "
+            f"`logits` and `total` are this path's; the last four columns give both paths side by side",
             f"- GPU memory {gpu:g} GiB (analysis `--gpu_memory_gib`); `left` = GPU memory - total", ""]
+    both = all("total_full_gib" in r for r in est["rows"])  # rows of an analysis made before both paths
     rows = [[fmt_int(r["seq_len"])] + [f"{r[c + '_gib']:.2f}" for c in MEMORY_COLUMNS] +
-            [f"{gpu - r['total_gib']:.2f}"] for r in est["rows"]]
-    out += [_md_table(["max_length"] + [f"{c} (GiB)" for c in MEMORY_COLUMNS] + ["left (GiB)"], rows), "",
+            [f"{gpu - r['total_gib']:.2f}"] + ([f"{r[c + '_gib']:.2f}" for c in BOTH_PATHS] if both else [])
+            for r in est["rows"]]
+    header = ["max_length"] + [f"{c} (GiB)" for c in MEMORY_COLUMNS] + ["left (GiB)"]
+    out += [_md_table(header + ([f"{c} (GiB)" for c in BOTH_PATHS] if both else []), rows), "",
             "## Formula and assumptions", "",
             "Copied from the docstring of `swift_plugins/analysis/memory.py` when this file was generated:", "",
             "```text", memory_module.__doc__.strip("\n"), "```"]

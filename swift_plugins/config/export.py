@@ -26,7 +26,7 @@ from swift_plugins.data.conversation import ConversationOptions
 from swift_plugins.errors import UserError
 from swift_plugins.families import DEFAULT_FAMILY, FAMILIES, Family, family_of_model
 from swift_plugins.files import atomic_write_text
-from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, OPTIMIZER_NAME
+from swift_plugins.names import CALLBACK_DATA_ORDER, CALLBACK_EVAL_TOKEN_MEAN, FUSED_LOSS, OPTIMIZER_NAME
 
 __all__ = ["SIDECAR_FORMAT", "ExportedFiles", "RuntimeOptions", "export_flat", "flat_swift_args", "load_sidecar",
            "runtime_options", "swift_argv"]
@@ -145,6 +145,8 @@ def flat_swift_args(resolved: ResolvedConfig) -> Dict[str, Any]:
         out["dataloader_persistent_workers"] = False
         # the packs are already in the dealt order: ms-swift's sampler must not shuffle them again
         out["train_dataloader_shuffle"] = False
+    if cfg.training.fused_loss:  # ms-swift's loss registry (swift_plugins.training.fused_loss)
+        out["loss_type"] = FUSED_LOSS
     out["dataset"] = list(cfg.custom.train_jsonl)
     if cfg.custom.val_jsonl is not None:
         out["val_dataset"] = list(cfg.custom.val_jsonl)

@@ -304,6 +304,9 @@ def _cross_checks(cfg: Dict[str, Any], src: Dict[str, str], bad: set, top: str, 
     for (_, name), (_, _, label) in swift.items():
         if name in RESERVED_SWIFT_KEYS:
             issues.append(Issue(label, f"swift.{name}", RESERVED_SWIFT_KEYS[name]))
+        elif name == "loss_type" and ok("training.fused_loss") and cfg["training.fused_loss"]:
+            issues.append(Issue(label, "swift.loss_type", "training.fused_loss true sets it (the fused loss); "
+                                                          "set training.fused_loss false to use another loss_type"))
         else:
             owner = next((leaf for leaf in SCHEMA_LEAVES if leaf.meta["name"] == name
                           and leaf.meta["target"] == SWIFT), None)

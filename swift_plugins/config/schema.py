@@ -136,6 +136,10 @@ class TrainingSection:
                                                       swift="gradient_accumulation_steps", ge=1)
     gradient_checkpointing: bool = _key(True, "Recompute activations in backward (less memory).",
                                         swift="gradient_checkpointing")
+    fused_loss: bool = _key(True, "Loss without the (L, vocab) logits: lm_head + cross-entropy a chunk of tokens "
+                                  "at a time, the same loss, gradients and token_acc (liger-kernel on CUDA when "
+                                  "installed). Sets ms-swift's loss_type; false: transformers' full logits.",
+                            ours="fused_loss")
     seed: int = _key(42, "Global seed (each rank adds its rank).", swift="seed")
     data_seed: int = _key(42, "Seed of the dataloader shuffle (same on every rank).", swift="data_seed")
     use_cpu: bool = _key(False, "Train on CPU. Needed for multi-process CPU runs: only then do transformers + "

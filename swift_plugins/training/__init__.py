@@ -9,6 +9,8 @@
     callbacks.py       save delay, data order, packing metrics
     optimizer.py       swiftpack_multimodal: LLM / ViT / aligner learning rates
     hooks.py           what our runs change in ms-swift's SFT pipeline (datasets, train callbacks)
+    linear_ce.py       lm_head + cross-entropy a chunk of tokens at a time (pure PyTorch)
+    fused_loss.py      swiftpack_fused_ce: that loss inside ms-swift, no (L, vocab) logits
     pipeline.py        SwiftpackSft: ms-swift's SFT pipeline holding our typed options
     plain_swift.py     the one patch: plain `swift sft` through the same hooks, for one run
     calibration.py     template facts the pure length counter needs (used by the analysis too)
@@ -22,11 +24,12 @@ __all__ = ["register_all"]
 
 
 def register_all() -> None:
-    """Register the template, optimizer, callbacks and attention (idempotent). A run's JSONL files
-    are registered by the run (``pipeline.register_runtime``), with its conversation options."""
-    from swift_plugins.training import attention, callbacks, optimizer, template
+    """Register the template, optimizer, callbacks, attention and fused loss (idempotent). A run's JSONL
+    files are registered by the run (``pipeline.register_runtime``), with its conversation options."""
+    from swift_plugins.training import attention, callbacks, fused_loss, optimizer, template
 
     attention.register()
     template.register()
     optimizer.register()
     callbacks.register()
+    fused_loss.register()

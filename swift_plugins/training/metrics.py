@@ -4,8 +4,10 @@ One :class:`BatchRecorder` per trainer wraps ``trainer.compute_loss`` and
 ``trainer.evaluation_loop`` (once, whichever callback attaches it first)::
 
     dataloader --batch--> compute_loss wrapper --batch without swiftpack_served--> ms-swift's compute_loss
+                           |  fused loss (training.fused_loss): its prepare_inputs (hidden states, no logits)
                            |  train: the served packs (position, samples, tokens) -> train_served
                            |  eval:  per row, the sum of its token losses and its label tokens
+                           |         (from the logits, or from the fused loss's chunks)
                            v
     evaluation_loop wrapper: eval_token_mean_loss = sum of token losses / label tokens over the eval set
 
@@ -86,21 +88,35 @@ class BatchRecorder:
     # -- wrappers -------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs: bool = False, **kwargs):
         served = inputs.pop(SERVED_KEY, None)
+        fused = getattr(self.trainer, "compute_loss_func", None)
+        prepare = getattr(fused, "prepare_inputs", None)  # the fused loss: hidden states, no logits
+        if prepare is not None:
+            prepare(model, inputs)
         if model.training or self._eval is None:
             if served is not None and model.training:
                 self.train_served.append(served.detach().to("cpu"))
             return self._compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
         labels = inputs.get("labels")  # prepared (trimmed to logits_to_keep): aligned with the logits
         loss, outputs = self._compute_loss(model, inputs, return_outputs=True, **kwargs)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        if labels is not None and logits is not None:
-            rows = row_token_losses(logits.detach(), labels)
+        rows = self._eval_rows(outputs, labels, fused if prepare is not None else None)
+        if rows is not None:
             samples = (served[:, 1].to(rows) if served is not None else torch.ones(len(rows), dtype=rows.dtype,
                                                                                       device=rows.device))
             rows = torch.cat([rows, samples[:, None].to(rows.device)], dim=1)
             rows = self.trainer.accelerator.gather_for_metrics(rows)  # drops the rows repeated for even batches
             self._eval += rows.sum(dim=0).to(self._eval.device)
         return (loss, outputs) if return_outputs else loss
+
+    @staticmethod
+    def _eval_rows(outputs, labels, fused) -> Optional[torch.Tensor]:
+        """Per row (loss sum, label tokens): from the fused loss's chunks, else from the logits."""
+        if fused is not None:
+            rows, fused.eval_rows = fused.eval_rows, None
+            return rows
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        if labels is None or logits is None:
+            return None
+        return row_token_losses(logits.detach(), labels)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval"):

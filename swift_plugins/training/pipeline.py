@@ -45,6 +45,12 @@ def register_runtime(options: RuntimeOptions) -> List[str]:
     """Register with ms-swift what this run's ``options`` decide; returns the registered dataset paths."""
     from swift_plugins.training.datasets import register_jsonl
 
+    if not options.fused_loss:  # with it, the loss itself logs its path when ms-swift builds it
+        from swift.utils import get_logger
+
+        from swift_plugins.training.fused_loss import loss_path_line
+
+        get_logger().info(loss_path_line("cpu", fused=False))
     conversation = options.conversation_options()
     registered = []
     for split, paths in (("train", options.train_jsonl), ("val", options.val_jsonl)):

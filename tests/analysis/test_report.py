@@ -167,10 +167,14 @@ def test_memory_estimates_equal_memory_table_and_carry_the_module_docstring(defa
     for got, want in zip(rows, expected):
         for col in report.MEMORY_COLUMNS:
             assert num(got[f"{col} (GiB)"]) == want[f"{col}_gib"], col
+        for col in report.BOTH_PATHS:  # both loss paths side by side; the setup's is the fused one
+            assert num(got[f"{col} (GiB)"]) == want[f"{col}_gib"], col
+        assert (want["logits_gib"], want["total_gib"]) == (want["logits_fused_gib"], want["total_fused_gib"])
         assert num(got["left (GiB)"]) == round(data["rec"]["memory"]["gpu_memory_gib"] - want["total_gib"], 2)
     assert expected == data["rec"]["memory"]["per_length"]  # same function, same setup as the analysis
     assert memory_module.__doc__.strip() in text
     assert f"ZeRO stage {setup.zero_stage}" in text and f"world size {setup.world_size}" in text
+    assert "- Loss: fused linear cross-entropy, one chunk of logits (`training.fused_loss true`)" in text
 
 
 def test_summary_has_recommendation_stats_and_every_simulation(default_report, analysis_dir, data):
@@ -223,7 +227,8 @@ def test_config_supplies_the_training_setup(dlora_report, data, tiny_model_dir, 
                         MemorySetup(tuner="dora" if cfg.tuner.use_dora else cfg.tuner.tuner_type,
                                     lora_rank=cfg.tuner.lora_rank,
                                     zero_stage=zero_stage_of(cfg.deepspeed.config),
-                                    gradient_checkpointing=pt.gradient_checkpointing, world_size=4))
+                                    gradient_checkpointing=pt.gradient_checkpointing, world_size=4,
+                                    fused_loss=pt.fused_loss))
     assert [num(r["total (GiB)"]) for r in mem] == [w["total_gib"] for w in want]
     assert f"No config.json in `{cfg.model.model}`" in (dlora_report / "memory_estimates.md").read_text()
 

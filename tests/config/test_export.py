@@ -39,6 +39,7 @@ def test_flat_swift_args_exact(cfg):
         "add_version": True, "report_to": ["tensorboard"], "dataset_num_proc": 1, "max_pixels": 65536,
         "truncation_strategy": "delete", "dataset": ["data/train.jsonl"], "val_dataset": ["data/val.jsonl"],
         "callbacks": ["swiftpack_eval_token_mean"], "max_new_tokens": 8,
+        "loss_type": "swiftpack_fused_ce",  # training.fused_loss (default true): ms-swift's loss registry
         # packing on: the isolating template, attention per packed sample (sdpa would get an L x L
         # mask), fresh dataloader workers each epoch (new pack order), no second shuffle of the dealt packs
         "template": "qwen3_vl_packing", "dataloader_persistent_workers": False, "train_dataloader_shuffle": False}
@@ -51,6 +52,19 @@ def test_flat_swift_args_exact(cfg):
     assert argv[argv.index("--attn_impl") + 1] == "swiftpack_varlen"
     assert argv[argv.index("--target_modules") + 1] == "all-linear"
     assert argv[argv.index("--check_model") + 1] == "False"
+    assert argv[argv.index("--swiftpack_fused_loss") + 1] == "True"
+
+
+def test_fused_loss_false_leaves_ms_swifts_loss_and_another_loss_type_needs_it_off(cfg):
+    base = "extends: base.yaml\n"
+    r = C.resolve_config(cfg("off.yaml", base + "training: {fused_loss: false}\n"), world_size=1)
+    assert "loss_type" not in C.flat_swift_args(r)
+    r = C.resolve_config(cfg("other.yaml", base + "training: {fused_loss: false}\nswift: {loss_type: cross_entropy}\n"),
+                         world_size=1)
+    assert C.flat_swift_args(r)["loss_type"] == "cross_entropy"
+    with pytest.raises(C.ConfigError, match=r"swift.loss_type: training.fused_loss true sets it .*set "
+                                            r"training.fused_loss false to use another loss_type"):
+        C.resolve_config(cfg("both.yaml", base + "swift: {loss_type: cross_entropy}\n"), world_size=1)
 
 
 def _model(folder, model_type):
@@ -113,7 +127,8 @@ def test_runtime_options_and_sidecar_round_trip(cfg, tmp_path):
     r = C.resolve_config(path, world_size=4)
     options = C.runtime_options(r)
     assert dataclasses.asdict(options) == {
-        "packing": True, "global_max_length": 20000, "packing_buffer": 256, "packing_min_fill_ratio": 0.7,
+        "fused_loss": True, "packing": True, "global_max_length": 20000, "packing_buffer": 256,
+        "packing_min_fill_ratio": 0.7,
         "packing_drop_last": True, "eval_packing": False, "packing_strategy": "greedy", "packing_seed": 42, "packing_overlong": "drop",
         "length_cache_dir": ".cache/swiftpack",
         "save_delay_steps": 50, "log_data_order": False, "on_error": "raise", "skip_report_dir": None,

@@ -69,18 +69,23 @@ def test_training_packed_and_padded_train_the_same_samples(summary):
     assert t["samples_per_s_ratio"] == pytest.approx(packed["samples_per_s"] / padded["samples_per_s"])
 
 
-def test_memory_rows_are_the_estimate_of_the_written_config(summary):
+def test_memory_rows_are_the_estimate_of_the_written_config_for_each_loss_path(summary):
     m = summary[0]["checks"]["memory"]
     shape = ModelShape.from_config(m["config"].rsplit("/", 1)[0])
-    setup = MemorySetup(tuner="full", zero_stage=0, gradient_checkpointing=True, world_size=1)
     assert m["setup"] == {"tuner": "full", "lora_rank": 16, "zero_stage": 0, "gradient_checkpointing": True,
-                          "world_size": 1}
-    assert [r["seq_len"] for r in m["rows"]] == [64, 128]
+                          "world_size": 1, "fused_loss": True}
+    assert [(r["seq_len"], r["loss_path"]) for r in m["rows"]] == [(64, "full"), (64, "fused"), (128, "full"),
+                                                                   (128, "fused")]
     for r in m["rows"]:
+        setup = MemorySetup(tuner="full", zero_stage=0, gradient_checkpointing=True, world_size=1,
+                            fused_loss=r["loss_path"] == "fused")
         est = estimate_step_memory(shape, r["seq_len"], setup)
         assert r["measured_gib"] is None  # CPU: no allocator peak to read
         assert r["estimate_total_gib"] == pytest.approx(est["total"] / 1024 ** 3)
         assert r["estimate_without_overhead_gib"] == pytest.approx((est["total"] - est["overhead"]) / 1024 ** 3)
+    for full, fused in zip(m["rows"][::2], m["rows"][1::2]):  # the same model and row: the same loss either way
+        assert fused["losses"] == pytest.approx(full["losses"], rel=1e-5)
+    assert "| 128 | fused | n/a (CPU) |" in summary[1]
 
 
 def test_bench_reports_every_row_of_every_length_measured_or_skipped(tiny_model_dir):

@@ -1,0 +1,152 @@
+"""Linear cross-entropy without the (L, vocab) logits: pure PyTorch (no ms-swift), used by the
+training loss (:mod:`swift_plugins.training.fused_loss`) and the benchmarks (also on the GPU machine).
+
+transformers computes ``logits = lm_head(hidden)`` for every kept position, upcasts them to fp32
+and takes the cross-entropy: at L tokens and Qwen's 151,936-row vocabulary that is L x 151,936
+x (2 + 4 + 4) bytes (bf16 logits, fp32 copy, its gradient), 30 GB at L = 20,000. Here the
+tokens go through ``lm_head`` a chunk at a time; each chunk's loss AND gradients (hidden states,
+and ``lm_head`` when it trains) are computed at once and the chunk's logits freed, so the peak
+is one chunk x vocab (``LOSS_CHUNK_TOKENS`` tokens)::
+
+    hidden (N, H) --chunk c--> logits_c = (h_c @ W.T).float()      (c, V), one buffer, freed after the chunk
+                                 loss    += sum over valid t of logsumexp(logits_c[t]) - logits_c[t, y_t]
+                                 dlogits  = softmax(logits_c) - onehot(y)   (rows with y = -100: 0)
+                                 grad_h[c] = dlogits @ W ;  grad_W += dlogits.T @ h_c   (if W trains)
+    backward: grad_h * g, grad_W * g   (g: the upstream gradient of the summed loss)
+
+Backends, chosen in :func:`loss_backend` only: liger-kernel's fused kernel (Triton) on CUDA when
+it is installed, else the chunked PyTorch path below (CPU and CUDA). A DeepSpeed ZeRO-3
+partitioned ``lm_head`` is gathered for the forward (:func:`gathered`); the backward only scales
+the gradients computed there, so it needs no second gather. A trained partitioned ``lm_head`` (ZeRO-3
+with full tuning) is refused: its gradient would bypass DeepSpeed's reduce-scatter.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from typing import Tuple
+
+import torch
+
+from swift_plugins.analysis.memory import LOSS_CHUNK_TOKENS
+from swift_plugins.errors import UserError
+
+__all__ = ["BACKEND_CHUNKED", "BACKEND_LIGER", "IGNORE_INDEX", "LinearCrossEntropy", "gathered",
+           "linear_cross_entropy", "loss_backend", "shift_targets"]
+
+IGNORE_INDEX = -100
+BACKEND_CHUNKED, BACKEND_LIGER = "chunked", "liger"
+
+
+def loss_backend(device: torch.device) -> str:
+    """THE one place a backend is chosen: liger-kernel on CUDA when importable, else chunked PyTorch."""
+    if torch.device(device).type == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
+        return BACKEND_LIGER
+    return BACKEND_CHUNKED
+
+
+def shift_targets(labels: torch.Tensor) -> torch.Tensor:
+    """``labels[t + 1]`` at position t, -100 at the last position (transformers' ``ForCausalLMLoss``).
+
+    ``[[-100, 5, 6]] -> [[5, 6, -100]]``
+    """
+    return torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+
+
+@contextlib.contextmanager
+def gathered(weight: torch.nn.Parameter):
+    """The full ``weight`` inside: a DeepSpeed ZeRO-3 partitioned parameter is gathered (all ranks
+    take part; a trained one is refused, see the module docstring), any other tensor is used as it is."""
+    if getattr(weight, "ds_id", None) is None:
+        yield weight
+        return
+    if weight.requires_grad and torch.is_grad_enabled():
+        # its gradient would be a full (vocab, hidden) tensor handed to a partitioned parameter outside
+        # DeepSpeed's own gather / reduce-scatter of lm_head: not supported (LoRA / DoRA freeze lm_head)
+        raise UserError("training.fused_loss: a trained lm_head under DeepSpeed ZeRO-3 (full tuning) is not "
+                        "supported by the fused loss (set training.fused_loss false, or use ZeRO-2)")
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+        yield weight
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """``apply(hidden (N, H), weight (V, H), targets (N,), chunk)`` -> (summed loss (fp32 scalar),
+    per-token loss (N,) fp32, argmax prediction (N,) int64); only the sum has a gradient.
+
+    Worked example: hidden [[1, 0]], weight [[0, 0], [ln 3, 0]] -> logits [0, ln 3] (softmax
+    [1/4, 3/4]); target 1: loss = -ln(3/4) = 0.2877, prediction 1, d loss / d logits = [1/4, -1/4].
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk: int):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n = hidden.shape[0]
+        token_loss = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        preds = torch.empty(n, dtype=torch.long, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        for start in range(0, n, chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = (h @ weight.T).float()  # as transformers: logits in the model dtype, then upcast
+            valid = t != IGNORE_INDEX
+            safe = torch.where(valid, t, 0)
+            picked = logits.gather(1, safe[:, None])
+            top, best = logits.max(dim=-1, keepdim=True)
+            preds[start:start + chunk] = best[:, 0]
+            total = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)  # in place: one (chunk, V) buffer
+            token_loss[start:start + chunk] = ((top + total.log() - picked)[:, 0]) * valid
+            if need_h or need_w:
+                dlogits = logits.div_(total)  # softmax
+                dlogits.scatter_add_(1, safe[:, None], -valid[:, None].to(dlogits.dtype))
+                dlogits.mul_(valid[:, None])
+                dlogits = dlogits.to(hidden.dtype)
+                if need_h:
+                    grad_h[start:start + chunk] = dlogits @ weight
+                if need_w:
+                    grad_w.addmm_(dlogits.T.float(), h.float())
+                del dlogits  # the same buffer as logits: both names go, or the next chunk's allocation doubles the peak
+            del logits
+        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
+        ctx.has, ctx.dtypes = (need_h, need_w), (hidden.dtype, weight.dtype)
+        ctx.mark_non_differentiable(token_loss, preds)
+        return token_loss.sum(), token_loss, preds
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_tokens, _grad_preds):
+        saved = list(ctx.saved_tensors)
+        grads = [None, None]
+        for k in (0, 1):
+            if ctx.has[k]:
+                grads[k] = (saved.pop(0).float() * grad_loss).to(ctx.dtypes[k])
+        return grads[0], grads[1], None, None
+
+
+def _liger(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """liger-kernel's fused linear cross-entropy, summed over the valid tokens (CUDA, Triton)."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    return liger_fused_linear_cross_entropy(hidden, weight, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int = LOSS_CHUNK_TOKENS) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sum of ``cross_entropy(hidden @ weight.T, targets)`` over the tokens with ``targets != -100``,
+    with its per-token losses and argmax predictions, never holding more than ``chunk`` rows of logits.
+
+    ``hidden`` (N, H), ``weight`` (V, H) (a ZeRO-3 partitioned one is gathered), ``targets`` (N,).
+    On the liger backend the gradient comes from liger's kernel and the per-token numbers from a
+    no-grad chunked pass.
+    """
+    with gathered(weight) as w:
+        if loss_backend(hidden.device) == BACKEND_LIGER and torch.is_grad_enabled():
+            loss = _liger(hidden, w, targets)
+            with torch.no_grad():
+                _, token_loss, preds = _apply(hidden.detach(), w.detach(), targets, chunk)
+            return loss, token_loss, preds
+        return _apply(hidden, w, targets, chunk)
+
+
+def _apply(hidden, weight, targets, chunk):
+    return LinearCrossEntropy.apply(hidden, weight, targets, chunk)
