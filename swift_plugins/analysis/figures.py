@@ -45,15 +45,23 @@ def plot_token_distribution(analysis: Analysis, path: str, *, recommended: Optio
     plt = _plt()
     from matplotlib.ticker import FuncFormatter
 
-    total, text, image = analysis.total_tokens, analysis.text_tokens, analysis.image_tokens
-    st = analysis.stats
+    total = analysis.total_tokens
     thousands = FuncFormatter(lambda x, _: f"{x:,.0f}")
     fig, axes = plt.subplots(2, 2, figsize=(14, 10))
-    files = inputs_text(st.get("inputs", {})).replace("`", "")
+    files = inputs_text(analysis.stats.get("inputs", {})).replace("`", "")
     fig.suptitle(f"Tokens per sample: {fmt_int(len(total))} samples of {files}",
                  fontsize=14)
+    _histogram_panel(axes[0, 0], analysis, recommended, thousands)
+    _text_image_panel(fig, axes[0, 1], analysis, thousands)
+    _cdf_panel(axes[1, 0], analysis, recommended, thousands)
+    _kinds_box_panel(axes[1, 1], analysis, thousands)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    _save(fig, path)
 
-    ax = axes[0, 0]
+
+def _histogram_panel(ax, analysis: Analysis, recommended: Optional[int], thousands) -> None:
+    """Total tokens per sample, 60 log-spaced bins, median / p95 / p99 (and the recommended length) marked."""
+    total, st = analysis.total_tokens, analysis.stats
     hi = max(1, int(total.max()))
     bins = np.logspace(np.log10(max(1, int(total.min()))), np.log10(hi), 60)
     ax.hist(total, bins=bins, color="tab:blue", alpha=0.8, edgecolor="white", linewidth=0.3)
@@ -70,7 +78,10 @@ def plot_token_distribution(analysis: Analysis, path: str, *, recommended: Optio
     ax.legend(fontsize=9)
     ax.grid(alpha=0.3)
 
-    ax = axes[0, 1]
+
+def _text_image_panel(fig, ax, analysis: Analysis, thousands) -> None:
+    """Text vs image tokens: one point per sample up to SCATTER_MAX_POINTS samples, a log-density hexbin above."""
+    total, text, image = analysis.total_tokens, analysis.text_tokens, analysis.image_tokens
     if len(total) <= SCATTER_MAX_POINTS:
         ax.scatter(image, text, s=6, alpha=0.6, color="tab:blue", label=f"one sample ({fmt_int(len(total))} in all)")
         ax.legend(fontsize=9, loc="upper right")
@@ -85,7 +96,10 @@ def plot_token_distribution(analysis: Analysis, path: str, *, recommended: Optio
     ax.xaxis.set_major_formatter(thousands)
     ax.grid(alpha=0.3)
 
-    ax = axes[1, 0]
+
+def _cdf_panel(ax, analysis: Analysis, recommended: Optional[int], thousands) -> None:
+    """Cumulative share of samples <= x, one vertical line per simulated max length with the share that fits."""
+    total = analysis.total_tokens
     srt = np.sort(total)
     ax.plot(srt, np.arange(1, len(srt) + 1) / len(srt), color="tab:blue", linewidth=2, label="samples <= x")
     ax.set_xscale("log")
@@ -103,8 +117,10 @@ def plot_token_distribution(analysis: Analysis, path: str, *, recommended: Optio
     ax.legend(fontsize=9, loc="lower right")
     ax.grid(alpha=0.3)
 
-    ax = axes[1, 1]
-    data = [np.maximum(x, 1) for x in (text, image, total)]
+
+def _kinds_box_panel(ax, analysis: Analysis, thousands) -> None:
+    """Box plots of text / image / total tokens (whiskers p1-p99; zeros shown as 1 on the log axis)."""
+    data = [np.maximum(x, 1) for x in (analysis.text_tokens, analysis.image_tokens, analysis.total_tokens)]
     bp = ax.boxplot(data, whis=(1, 99), showfliers=True, patch_artist=True,
                     flierprops={"marker": ".", "markersize": 2, "alpha": 0.3})
     ax.set_xticks([1, 2, 3], ["text", "image", "total"])
@@ -116,8 +132,6 @@ def plot_token_distribution(analysis: Analysis, path: str, *, recommended: Optio
     ax.set_title("Tokens per sample by kind (box: quartiles, whiskers: p1-p99)")
     ax.set_ylabel("tokens per sample (log scale)")
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    _save(fig, path)
 
 
 def plot_packing_efficiency(analysis: Analysis, path: str, *, recommended: Optional[int] = None) -> None:
@@ -125,20 +139,43 @@ def plot_packing_efficiency(analysis: Analysis, path: str, *, recommended: Optio
     overlong split, dashed black): efficiency, samples per pack, records lost, fill ratio (min /
     mean / max over packs)."""
     plt = _plt()
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+    variants = _plotted_variants(analysis.simulations)
+    lengths = analysis.max_lengths
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    fig.suptitle(f"Packing simulations: {fmt_int(analysis.num_samples)} samples, "
+                 f"max_length {', '.join(f'{L:,}' for L in lengths)}", fontsize=14)
+    _plot_variants(axes, variants, lengths)
+    _plot_l1_bound(axes[0, 0], analysis.simulations)
+    _format_efficiency_axes(axes, lengths, recommended, max(1, analysis.num_samples), variants)
+    handles, labels = {}, []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=min(4, len(labels)), fontsize=10,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
+    _save(fig, path)
+
+
+def _plotted_variants(simulations: list) -> dict[tuple, list]:
+    """Simulation entries grouped by (strategy, buffer, min fill, drop_last, split); split entries only for
+    the default strategy without buffer (every strategy's split line would hide the others)."""
     variants: dict[tuple, list] = {}
-    for e in analysis.simulations:
+    for e in simulations:
         split = e.get("overlong", "drop") == "split"
         if split and (e["strategy"] != DEFAULT_STRATEGY or e["buffer_size"] is not None):
             continue  # the split line of every strategy would hide the others; the tables have them all
         key = (e["strategy"], e["buffer_size"], e["min_fill_ratio"], e["drop_last"], split)
         variants.setdefault(key, []).append(e)
-    lengths = analysis.max_lengths
-    n = max(1, analysis.num_samples)
-    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
-    fig.suptitle(f"Packing simulations: {fmt_int(analysis.num_samples)} samples, "
-                 f"max_length {', '.join(f'{L:,}' for L in lengths)}", fontsize=14)
+    return variants
+
+
+def _plot_variants(axes, variants: dict[tuple, list], lengths) -> None:
+    """One line per variant on the first three panels, and its min / mean / max fill as an error bar on the
+    fourth (variants offset sideways within the closest pair of lengths so the bars do not overlap)."""
     width = float(np.diff(lengths).min()) if len(lengths) > 1 else lengths[0] * 0.2  # closest pair: no overlap
     offsets = np.linspace(-0.2, 0.2, len(variants)) * width
     for k, (key, entries) in enumerate(variants.items()):
@@ -159,13 +196,25 @@ def plot_packing_efficiency(analysis: Analysis, path: str, *, recommended: Optio
         hi = np.array([e["max_fill"] for e in entries])
         axes[1, 1].errorbar(x + offsets[k], 100 * mean, yerr=[100 * (mean - lo), 100 * (hi - mean)], capsize=4,
                             color=style["color"], marker=style["marker"], linestyle="none")
-    l1 = sorted((e for e in analysis.simulations if e["strategy"] == DEFAULT_STRATEGY and e["buffer_size"] is None
+
+
+def _plot_l1_bound(ax, simulations: list) -> None:
+    """The efficiency the fewest possible packs (the L1 bound of the default strategy's one-window, overlong-drop
+    entries) would give, dotted black; nothing when no entry has a bound."""
+    l1 = sorted((e for e in simulations if e["strategy"] == DEFAULT_STRATEGY and e["buffer_size"] is None
                  and e.get("overlong", "drop") == "drop" and e["l1_bound"]),  # 0: every sample overlong, no bound
                 key=lambda e: e["global_max_length"])
     if l1:
-        axes[0, 0].plot([e["global_max_length"] for e in l1],
-                        [100 * e["efficiency"] * e["num_packs"] / e["l1_bound"] for e in l1],
-                        color="black", linestyle=":", linewidth=1.2, label="L1 bound (fewest packs possible)")
+        ax.plot([e["global_max_length"] for e in l1],
+                [100 * e["efficiency"] * e["num_packs"] / e["l1_bound"] for e in l1],
+                color="black", linestyle=":", linewidth=1.2, label="L1 bound (fewest packs possible)")
+
+
+def _format_efficiency_axes(axes, lengths, recommended: Optional[int], n: int, variants: dict[tuple, list]) -> None:
+    """Titles, ticks at the simulated lengths, the recommended length, % of records on the records-lost panel
+    (``n`` records), and a note there when every one-window strategy drops the same samples."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     thousands = FuncFormatter(lambda v, _: f"{v:,.0f}")
     titles = (("Packing efficiency", "efficiency (% of pack capacity used)"),
               ("Samples per pack", "mean samples per pack"),
@@ -188,15 +237,3 @@ def plot_packing_efficiency(analysis: Analysis, path: str, *, recommended: Optio
         axes[1, 0].text(0.98, 0.97, "one-window strategies drop the same\noverlong samples: their lines coincide",
                         transform=axes[1, 0].transAxes, ha="right", va="top", fontsize=9,
                         bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
-    handles, labels = {}, []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=min(4, len(labels)), fontsize=10,
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
-    _save(fig, path)
-
-

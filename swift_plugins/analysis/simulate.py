@@ -143,11 +143,38 @@ def recommend(simulations: list[dict], stats: dict, *, memory_rows: dict, gpu_me
         mem = memory_rows[e["global_max_length"]]["total_gib"]
         candidates.append({**e, "estimated_memory_gib": mem, "memory_headroom_gib": round(gpu_memory_gib - mem, 2),
                            "fits_memory": mem <= budget, "drop_fraction": e["records_lost"] / n})
+    fits = (f"estimated memory ({{}} GiB) fits {budget:.1f} GiB ({gpu_memory_gib} GiB GPU, {memory_headroom:.0%} "
+            f"headroom)")
+    best, reason = _pick_length(candidates, fits, max_drop_fraction, overlong)
+    if best is None:
+        return {"recommended": None, "reason": "no simulations"}
+    unit = world_size * per_device_train_batch_size
+    return {
+        "recommended": {
+            "packing": True, "global_max_length": best["global_max_length"], "packing_strategy": strategy,
+            "packing_overlong": overlong,
+            "per_device_train_batch_size": per_device_train_batch_size, "effective_batch_size": effective_batch_size,
+            "world_size": world_size,
+            "gradient_accumulation_steps": effective_batch_size // unit if effective_batch_size % unit == 0 else None,
+            "num_train_epochs": num_train_epochs,
+        },
+        "reason": reason,
+        "why": _why(best, gpu_memory_gib),
+        "padding_baseline": _padding_baseline(n, padding_batch_size, effective_batch_size, num_train_epochs),
+        "match_padding_samples_per_step": _match_padding(best, effective_batch_size, unit),
+        "candidates": [{k: c[k] for k in ("global_max_length", "overlong", "efficiency", "samples_dropped",
+                                          "records_lost", "estimated_memory_gib", "fits_memory",
+                                          "optimizer_steps_per_epoch")} for c in candidates],
+    }
+
+
+def _pick_length(candidates: list[dict], fits: str, max_drop_fraction: float,
+                 overlong: str) -> tuple[Optional[dict], str]:
+    """(the chosen candidate or None when there is none, the reason) by the order of :func:`recommend`;
+    ``fits`` is the memory sentence with ``{}`` for the estimate."""
     fitting = [c for c in candidates if c["fits_memory"]]
     lossless = [c for c in fitting if c["records_lost"] == 0]
     good = [c for c in fitting if c["drop_fraction"] <= max_drop_fraction]
-    fits = (f"estimated memory ({{}} GiB) fits {budget:.1f} GiB ({gpu_memory_gib} GiB GPU, {memory_headroom:.0%} "
-            f"headroom)")
     if lossless:
         best = min(lossless, key=lambda c: c["global_max_length"])
         reason = (f"smallest global_max_length whose {fits.format(best['estimated_memory_gib'])} and that trains "
@@ -163,48 +190,43 @@ def recommend(simulations: list[dict], stats: dict, *, memory_rows: dict, gpu_me
     else:
         best = min(candidates, key=lambda c: c["estimated_memory_gib"]) if candidates else None
         reason = "no simulated length fits the memory budget; this is the smallest estimate - lower the length"
-    if best is None:
-        return {"recommended": None, "reason": "no simulations"}
-    padding_steps = math.ceil(n / effective_batch_size)
-    samples_per_pack = best["avg_samples_per_pack"] or 1.0
-    # Packs per step that keep samples per optimizer step near the padding run's effective batch,
-    # rounded to a multiple of world_size x per-device batch (so gradient accumulation is integral).
-    unit = world_size * per_device_train_batch_size
-    matching = max(unit, int(round(effective_batch_size / samples_per_pack / unit)) * unit)
-    ga = effective_batch_size // unit if effective_batch_size % unit == 0 else None
+    return best, reason
+
+
+def _why(best: dict, gpu_memory_gib: float) -> dict:
+    """The chosen simulation's numbers behind the recommendation."""
     return {
-        "recommended": {
-            "packing": True, "global_max_length": best["global_max_length"], "packing_strategy": strategy,
-            "packing_overlong": overlong,
-            "per_device_train_batch_size": per_device_train_batch_size, "effective_batch_size": effective_batch_size,
-            "world_size": world_size, "gradient_accumulation_steps": ga, "num_train_epochs": num_train_epochs,
-        },
-        "reason": reason,
-        "why": {
-            "efficiency": best["efficiency"], "num_packs": best["num_packs"],
-            "avg_samples_per_pack": best["avg_samples_per_pack"], "samples_dropped": best["samples_dropped"],
-            "records_split": best["records_split"], "records_lost": best["records_lost"],
-            "drop_fraction": round(best["drop_fraction"], 6), "tokens_dropped": best["tokens_dropped"],
-            "estimated_memory_gib": best["estimated_memory_gib"], "gpu_memory_gib": gpu_memory_gib,
-            "memory_headroom_gib": best["memory_headroom_gib"],
-            "steps_per_epoch": best["steps_per_epoch"], "optimizer_steps_per_epoch": best["optimizer_steps_per_epoch"],
-            "total_optimizer_steps": best["total_optimizer_steps"], "samples_per_step": best["samples_per_step"],
-        },
-        "padding_baseline": {
-            "per_device_train_batch_size": padding_batch_size, "effective_batch_size": effective_batch_size,
+        "efficiency": best["efficiency"], "num_packs": best["num_packs"],
+        "avg_samples_per_pack": best["avg_samples_per_pack"], "samples_dropped": best["samples_dropped"],
+        "records_split": best["records_split"], "records_lost": best["records_lost"],
+        "drop_fraction": round(best["drop_fraction"], 6), "tokens_dropped": best["tokens_dropped"],
+        "estimated_memory_gib": best["estimated_memory_gib"], "gpu_memory_gib": gpu_memory_gib,
+        "memory_headroom_gib": best["memory_headroom_gib"],
+        "steps_per_epoch": best["steps_per_epoch"], "optimizer_steps_per_epoch": best["optimizer_steps_per_epoch"],
+        "total_optimizer_steps": best["total_optimizer_steps"], "samples_per_step": best["samples_per_step"],
+    }
+
+
+def _padding_baseline(n: int, padding_batch_size: int, effective_batch_size: int, num_train_epochs: int) -> dict:
+    """The padding run's steps: ``n`` samples, ``effective_batch_size`` per step (100, 8 -> 13 per epoch)."""
+    padding_steps = math.ceil(n / effective_batch_size)
+    return {"per_device_train_batch_size": padding_batch_size, "effective_batch_size": effective_batch_size,
             "samples_per_step": effective_batch_size, "optimizer_steps_per_epoch": padding_steps,
-            "total_optimizer_steps": padding_steps * num_train_epochs,
-        },
-        "match_padding_samples_per_step": {
-            "effective_batch_size": matching,
-            "samples_per_step": round(matching * samples_per_pack, 1),
-            "optimizer_steps_per_epoch": math.ceil(best["num_packs"] / matching),
-            "note": "packs per optimizer step that keep samples per step near the padding baseline "
-                    f"({effective_batch_size}); a multiple of world_size x per-device batch ({unit})",
-        },
-        "candidates": [{k: c[k] for k in ("global_max_length", "overlong", "efficiency", "samples_dropped",
-                                          "records_lost", "estimated_memory_gib", "fits_memory",
-                                          "optimizer_steps_per_epoch")} for c in candidates],
+            "total_optimizer_steps": padding_steps * num_train_epochs}
+
+
+def _match_padding(best: dict, effective_batch_size: int, unit: int) -> dict:
+    """Packs per step that keep samples per optimizer step near the padding run's effective batch, rounded to
+    a multiple of ``unit`` = world_size x per-device batch (so gradient accumulation is integral): 128 samples
+    per step, 4.0 samples per pack, unit 8 -> 32 packs per step."""
+    samples_per_pack = best["avg_samples_per_pack"] or 1.0
+    matching = max(unit, int(round(effective_batch_size / samples_per_pack / unit)) * unit)
+    return {
+        "effective_batch_size": matching,
+        "samples_per_step": round(matching * samples_per_pack, 1),
+        "optimizer_steps_per_epoch": math.ceil(best["num_packs"] / matching),
+        "note": "packs per optimizer step that keep samples per step near the padding baseline "
+                f"({effective_batch_size}); a multiple of world_size x per-device batch ({unit})",
     }
 
 

@@ -73,7 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "recommended packing config. Image tokens come from each record's width/height through the "
                     "training path's resize rule; no image is decoded.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("inputs")
+    _add_input_arguments(p.add_argument_group("inputs"))
+    _add_conversation_arguments(p.add_argument_group("conversation and template (must match training)"))
+    _add_simulation_arguments(p.add_argument_group("packing simulation"))
+    _add_training_arguments(p.add_argument_group("training setup (steps, recommendation)"))
+    return p
+
+
+def _add_input_arguments(g) -> None:
+    """Which files, which model, how bad records and images are handled, workers and cache."""
     g.add_argument("--model_path", required=True, help="local model folder (tokenizer + processor; weights unused)")
     g.add_argument("--train_jsonl", required=True, nargs="+",
                    help="one or more JSONL files: LVIS detection records and / or ms-swift messages rows "
@@ -98,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="length cache; keyed by data bytes, tokenizer, options and code")
     g.add_argument("--clear_cache", action="store_true",
                    help="ignore and rebuild the cache entry for these inputs")
-    g = p.add_argument_group("conversation and template (must match training)")
+
+
+def _add_conversation_arguments(g) -> None:
+    """Model type, template and conversation options: they must be training's, or the counts differ."""
     g.add_argument("--model_type", default=None,
                    help="ms-swift model type (default: the family's, from the model's config.json model_type)")
     g.add_argument("--template", default=None,
@@ -110,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="object order in the answer (does not change lengths, kept for the cache key)")
     g.add_argument("--emit_norm", default="none", choices=EMIT_NORMS, help="coordinate format")
     g.add_argument("--seed", type=int, default=0, help="seed for object ordering and packing plans")
-    g = p.add_argument_group("packing simulation")
+
+
+def _add_simulation_arguments(g) -> None:
+    """The lengths and strategies simulated, and the buffered variant."""
     g.add_argument("--max_lengths", type=_int_list, default="auto",
                    help="comma-separated global_max_length values to simulate; auto: 1.5, 2, 2.5 and 3 x the "
                         "p99 sample length rounded up to 1,000 (12k/16k/20k/24k for LVIS rescale_32_768_poly_20)")
@@ -119,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"also simulate {DEFAULT_STRATEGY} planned in windows of this many samples (0 = skip)")
     g.add_argument("--packing_min_fill_ratio", type=float, default=0.7, help="min fill for the buffered variant")
     g.add_argument("--packing_drop_last", type=parse_bool, default=True, help="drop_last for the buffered variant")
-    g = p.add_argument_group("training setup (steps, recommendation)")
+
+
+def _add_training_arguments(g) -> None:
+    """The training setup the steps and the recommendation (memory estimate) are computed for."""
     g.add_argument("--effective_batch_size", type=int, default=128, help="packs (rows) per optimizer step")
     g.add_argument("--world_size", type=int, default=4, help="GPUs")
     g.add_argument("--per_device_train_batch_size", type=int, default=1, help="packed rows per device batch")
@@ -133,7 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gradient_checkpointing", type=parse_bool, default=True, help="for the memory estimate")
     g.add_argument("--max_drop_fraction", type=float, default=0.001,
                    help="largest fraction of samples the recommended length may drop")
-    return p
 
 
 def parse_bool(s: str) -> bool:
@@ -300,17 +316,21 @@ def run(args: AnalysisOptions) -> dict:
         return _analyse(args, stage, context)
 
 
-def _analyse(args: AnalysisOptions, stage: str, context: Optional[int]) -> dict:
-    from swift_plugins.analysis.memory import MemorySetup, ModelShape, memory_table, setup_dict
-    from swift_plugins.training.calibration import load_counter
+class _Log:
+    """``log(msg)`` prints a line at once and keeps it for ``analysis_full.log``."""
 
-    log_path = os.path.join(stage, "analysis_full.log")
-    log_lines: list[str] = []
+    def __init__(self) -> None:
+        self.lines: list[str] = []
 
-    def log(msg: str) -> None:
+    def __call__(self, msg: str) -> None:
         print(msg, flush=True)
-        log_lines.append(msg)
+        self.lines.append(msg)
 
+
+def _analyse(args: AnalysisOptions, stage: str, context: Optional[int]) -> dict:
+    """Count -> statistics -> simulations -> recommendation, each written into ``stage`` as it is made; the
+    log last. ``max_lengths`` auto becomes the lengths around the p99 sample, capped at ``context``."""
+    log = _Log()
     t_start = time.perf_counter()
     options = ConversationOptions(prompt=args.prompt, object_ordering=args.object_ordering, emit_norm=args.emit_norm,
                                   seed=args.seed)
@@ -318,12 +338,45 @@ def _analyse(args: AnalysisOptions, stage: str, context: Optional[int]) -> dict:
     template = counting_template(family, args.template, "--template")
     log(f"analyze_token_lengths: {', '.join(args.train_jsonl)} with {args.model_path} ({family.title}, template "
         f"{template}, max_pixels {args.max_pixels})")
+    counter = _calibrated_counter(args, family, template, options, log)
+    lengths = _count_lengths(args, stage, counter, options, log)
+    stats = dataset_stats(lengths, lengths.summary())
+    stats["files"] = file_rows(lengths)
+    stats["inputs"] = {"train_jsonl": list(args.train_jsonl), "model_path": args.model_path,
+                       "family": family.model_type, "template": template, "max_pixels": args.max_pixels,
+                       "record_format": args.record_format, "conversation": options.to_dict(),
+                       "image_rule": counter.rule.to_dict(), "max_samples": args.max_samples}
+    _write_json(os.path.join(stage, "dataset_stats.json"), stats)
+    _write_sample_stats(os.path.join(stage, "sample_stats.jsonl"), lengths)
+    log(f"tokens per sample: total mean {stats['mean_total_tokens']}, median {stats['median_total_tokens']}, "
+        f"p95 {stats['p95_total_tokens']}, p99 {stats['p99_total_tokens']}, max {stats['max_total_tokens']}; "
+        f"image mean {stats['mean_image_tokens']}, text mean {stats['mean_text_tokens']}")
+    if args.max_lengths == "auto":
+        lengths_auto = auto_max_lengths(lengths.total_tokens)
+        args = dataclasses.replace(args, max_lengths=sorted({min(L, context or L) for L in lengths_auto}))
+        log(f"max lengths (auto, around p99 {stats['p99_total_tokens']}): {args.max_lengths}"
+            + (f" (capped at the model's context {context})" if args.max_lengths != lengths_auto else ""))
+    sims = _simulations(args, stage, lengths, counter, options, log)
+    rec = _recommendation(args, stage, lengths, sims, stats, context, log)
+    log(f"outputs in {os.path.abspath(args.output_dir)} (total {time.perf_counter() - t_start:.1f}s)")
+    atomic_write_text(os.path.join(stage, "analysis_full.log"), "\n".join(log.lines) + "\n")
+    return {"stats": stats, "simulations": sims, "recommendations": rec}
+
+
+def _calibrated_counter(args: AnalysisOptions, family, template: str, options: ConversationOptions, log):
+    """The family's LengthCounter for ``template``, calibrated for the prompt (cached under ``cache_dir``)."""
+    from swift_plugins.training.calibration import load_counter
+
     t0 = time.perf_counter()
     counter = load_counter(args.model_path, model_type=args.model_type or family.swift_model_type, template_type=template,
                            max_pixels=args.max_pixels, user_texts=("<image>" + options.resolved_prompt,),
                            cache_dir=args.cache_dir or None, clear_cache=args.clear_cache)
     log(f"template calibrated in {time.perf_counter() - t0:.1f}s; image rule {counter.rule.to_dict()}")
+    return counter
 
+
+def _count_lengths(args: AnalysisOptions, stage: str, counter, options: ConversationOptions, log):
+    """Exact lengths of every input file (UserError when no record is left); writes the skip report."""
     t0 = time.perf_counter()
     progress = _Progress(args.train_jsonl, args.max_samples)
     try:
@@ -336,41 +389,32 @@ def _analyse(args: AnalysisOptions, stage: str, context: Optional[int]) -> dict:
         progress.close()
     _refuse_nothing_counted(lengths)
     write_skip_report(os.path.join(stage, "skipped_records.jsonl"), lengths.skipped)
-    summary = lengths.summary()
     log(f"counted {len(lengths)} records in {time.perf_counter() - t0:.1f}s "
         f"({'from cache' if lengths.from_cache else f'{args.num_workers} worker(s)'})")
     for d in lengths.per_file:
         log(d.summary.log_line())
+    return lengths
 
-    stats = dataset_stats(lengths, summary)
-    stats["files"] = file_rows(lengths)
-    stats["inputs"] = {"train_jsonl": list(args.train_jsonl), "model_path": args.model_path,
-                       "family": family.model_type, "template": template, "max_pixels": args.max_pixels, "record_format": args.record_format,
-                       "conversation": options.to_dict(), "image_rule": counter.rule.to_dict(),
-                       "max_samples": args.max_samples}
-    _write_json(os.path.join(stage, "dataset_stats.json"), stats)
-    total = lengths.total_tokens
+
+def _write_sample_stats(path: str, lengths) -> None:
+    """One JSON line per counted record, e.g. ``{"file": 0, "line": 3, "kind": "lvis", "text_tokens": 41,
+    "image_tokens": 64, "total_tokens": 105, "num_objects": 2, "num_images": 1}``."""
     kind_names = {code: name for name, code in KIND_CODES.items()}
     sample_lines = (json.dumps({"file": int(f), "line": int(l), "kind": kind_names[int(k)], "text_tokens": int(t),
                                 "image_tokens": int(i), "total_tokens": int(t + i), "num_objects": int(o),
                                 "num_images": int(m)}) + "\n"
                     for f, l, k, t, i, o, m in zip(lengths.file, lengths.line, lengths.kind, lengths.text_tokens,
                                                    lengths.image_tokens, lengths.num_objects, lengths.num_images))
-    atomic_write_text(os.path.join(stage, "sample_stats.jsonl"), "".join(sample_lines))
-    log(f"tokens per sample: total mean {stats['mean_total_tokens']}, median {stats['median_total_tokens']}, "
-        f"p95 {stats['p95_total_tokens']}, p99 {stats['p99_total_tokens']}, max {stats['max_total_tokens']}; "
-        f"image mean {stats['mean_image_tokens']}, text mean {stats['mean_text_tokens']}")
+    atomic_write_text(path, "".join(sample_lines))
 
-    if args.max_lengths == "auto":
-        lengths_auto = auto_max_lengths(total)
-        args = dataclasses.replace(args, max_lengths=sorted({min(L, context or L) for L in lengths_auto}))
-        log(f"max lengths (auto, around p99 {stats['p99_total_tokens']}): {args.max_lengths}"
-            + (f" (capped at the model's context {context})" if args.max_lengths != lengths_auto else ""))
+
+def _simulations(args: AnalysisOptions, stage: str, lengths, counter, options: ConversationOptions, log) -> list:
+    """Every (length, strategy[, buffer], overlong drop | split) plan, written and logged as a table."""
     t0 = time.perf_counter()
     # overlong=split: the pieces training would make, measured exactly (detection records; one
     # with an object too long alone is unsplittable and counted as lost)
     split_samples = {L: split_files(lengths, counter, options, L) for L in args.max_lengths}
-    sims = simulate(total, args.max_lengths, args.strategies, seed=args.seed,
+    sims = simulate(lengths.total_tokens, args.max_lengths, args.strategies, seed=args.seed,
                     effective_batch_size=args.effective_batch_size, num_train_epochs=args.num_train_epochs,
                     packing_buffer=args.packing_buffer or None, min_fill_ratio=args.packing_min_fill_ratio,
                     drop_last=args.packing_drop_last, split_samples=split_samples)
@@ -383,6 +427,14 @@ def _analyse(args: AnalysisOptions, stage: str, context: Optional[int]) -> dict:
         log(f"  {e['global_max_length']:>8} {e['strategy']:>9} {str(e['buffer_size'] or '-'):>6} {e['overlong']:>8} "
             f"{e['num_packs']:>7} {e['avg_samples_per_pack']:>8.2f} {e['efficiency']:>8.2%} {e['records_lost']:>7} "
             f"{e['steps_per_epoch']:>8}")
+    return sims
+
+
+def _recommendation(args: AnalysisOptions, stage: str, lengths, sims: list, stats: dict, context: Optional[int],
+                    log) -> dict:
+    """recommendations.json: the recommended length (memory estimated per length), the records beyond the
+    model's context and the memory table; logged in one line."""
+    from swift_plugins.analysis.memory import MemorySetup, ModelShape, memory_table, setup_dict
 
     shape = ModelShape.from_config(args.model_path)
     setup = MemorySetup(tuner=args.tuner, lora_rank=args.lora_rank, zero_stage=args.zero_stage,
@@ -408,9 +460,7 @@ def _analyse(args: AnalysisOptions, stage: str, context: Optional[int]) -> dict:
             f"{why['efficiency']:.2%}, {why['records_split']} records split, {why['records_lost']} lost, "
             f"~{why['estimated_memory_gib']} GiB/GPU, "
             f"{why['optimizer_steps_per_epoch']} optimizer steps/epoch at effective batch {r['effective_batch_size']}")
-    log(f"outputs in {os.path.abspath(args.output_dir)} (total {time.perf_counter() - t_start:.1f}s)")
-    atomic_write_text(log_path, "\n".join(log_lines) + "\n")
-    return {"stats": stats, "simulations": sims, "recommendations": rec}
+    return rec
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:

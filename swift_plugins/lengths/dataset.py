@@ -252,6 +252,120 @@ def cache_key(path: str, counter: LengthCounter, options: dict, *, on_error: str
     return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=20).hexdigest()
 
 
+@dataclass(frozen=True)
+class _CountPass:
+    """One counting pass's fixed choices: ``count_dataset``'s arguments, checked and resolved."""
+    path: str
+    options: dict               # ConversationOptions.to_dict()
+    frame: Optional[int]        # the LVIS prompt frame; None for record_format messages
+    on_error: str
+    check_images: bool
+    check_image_data: bool
+    max_records: int
+    record_format: str
+    num_workers: int
+
+    def worker_state(self, counter: LengthCounter) -> dict:
+        """What ``_init_worker`` needs; the counter's state is shipped only to pool workers."""
+        return {"counter": counter.state() if self.num_workers > 1 else None, "options": self.options,
+                "path": self.path, "base_dir": os.path.dirname(os.path.abspath(self.path)),
+                "check_images": self.check_images, "check_image_data": self.check_image_data, "frame": self.frame,
+                "record_format": self.record_format}
+
+
+@dataclass
+class _Collected:
+    """Chunk results folded in file order: the per-record columns, the skipped records, the images seen.
+
+    ``add([("ok", 3, 10, 64, 1, 0, 1, ("a.png",)), ("blank", 4)])`` appends line 3's numbers and
+    counts one read, one valid, one blank line; a ``("bad", line, error, raw)`` raises ``error``
+    when ``on_error`` is raise, else becomes a SkippedRecord counted under ``error.kind``."""
+    summary: ReadSummary
+    on_error: str
+    cols: dict = field(default_factory=lambda: {k: [] for k in _ARRAYS})
+    skipped: list = field(default_factory=list)
+    images: dict = field(default_factory=dict)
+
+    def add(self, results) -> None:
+        summary = self.summary
+        for res in results:
+            kind = res[0]
+            if kind == "blank":
+                summary.blank_lines += 1
+                continue
+            summary.read += 1
+            if kind == "ok":
+                summary.valid += 1
+                for col, value in zip(self.cols.values(), res[1:7]):
+                    col.append(value)
+                self.images.update(dict.fromkeys(res[7]))
+                continue
+            error, raw = res[2], res[3]
+            if self.on_error == "raise":
+                raise error
+            self.skipped.append(skipped_record(error, raw))
+            summary.skipped += 1
+            summary.skipped_by_kind[error.kind] = summary.skipped_by_kind.get(error.kind, 0) + 1
+
+    def result(self) -> DatasetLengths:
+        self.summary.skipped_by_kind = dict(sorted(self.summary.skipped_by_kind.items()))
+        self.summary.complete = True
+        dtypes = {"kind": np.int8}
+        arrays = {k: np.asarray(v, dtype=dtypes.get(k, np.int64)) for k, v in self.cols.items()}
+        return DatasetLengths(**arrays, summary=self.summary, skipped=self.skipped)
+
+
+def _checked_pass(path: str, counter: LengthCounter, options, on_error: str, record_format: str,
+                  **choices) -> _CountPass:
+    """Check the choices (ValueError naming the argument) and the counter (it must hold the LVIS frame for
+    the prompt, or the chat layout for record_format messages: fails here, not in a worker)."""
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error: {on_error!r} is not one of {list(ON_ERROR_CHOICES)}")
+    if record_format not in RECORD_FORMATS:
+        raise ValueError(f"record_format: {record_format!r} is not one of {list(RECORD_FORMATS)}")
+    opts = options if isinstance(options, ConversationOptions) else ConversationOptions(**(options or {}))
+    opts.check_implemented()
+    frame = None if record_format == "messages" else counter.frame("<image>" + opts.resolved_prompt, 1)
+    if record_format == "messages":
+        counter.count_messages_batch([])
+    return _CountPass(path=path, options=opts.to_dict(), frame=frame, on_error=on_error,
+                      record_format=record_format, **choices)
+
+
+def _cache_file(run: _CountPass, counter: LengthCounter, cache_dir, clear_cache: bool) -> Optional[pathlib.Path]:
+    """``cache_dir/lengths-<cache_key>.npz`` (removed first with ``clear_cache``); None without a cache_dir."""
+    if cache_dir is None:
+        return None
+    key = cache_key(run.path, counter, run.options, on_error=run.on_error, check_images=run.check_images,
+                    max_records=run.max_records, prompt_frame=run.frame, record_format=run.record_format,
+                    check_image_data=run.check_image_data)
+    cache_file = pathlib.Path(cache_dir) / f"lengths-{key}.npz"
+    if clear_cache and cache_file.exists():
+        cache_file.unlink()
+    return cache_file
+
+
+def _count_chunks(run: _CountPass, counter: LengthCounter, collected: _Collected,
+                  progress: Optional[Callable[[int], None]]) -> None:
+    """Count every chunk, in-process or in a pool of ``run.num_workers`` (results in file order either way)."""
+    done = 0
+    chunks = _chunks(run.path, run.max_records)
+    if run.num_workers <= 1:
+        _init_worker(run.worker_state(counter), counter)
+        for chunk in chunks:
+            collected.add(_count_chunk(chunk))
+            done += len(chunk[1])
+            if progress:
+                progress(done)
+    else:
+        with _worker_pool(run.num_workers, run.worker_state(counter)) as pool:
+            for chunk_result in pool.imap(_count_chunk, chunks, chunksize=1):
+                collected.add(chunk_result)
+                done += len(chunk_result)
+                if progress:
+                    progress(done)
+
+
 def count_dataset(path, counter: LengthCounter, options: ConversationOptions | dict | None = None, *,
                   on_error: str = "raise", report_path=None, check_images: bool = True, max_records: int = 0,
                   num_workers: int = 1, cache_dir=None, clear_cache: bool = False,
@@ -269,87 +383,24 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
     (JSONL of SkippedRecord) is written atomically, also when nothing was skipped.
     """
     path = os.fspath(path)
-    if on_error not in ON_ERROR_CHOICES:
-        raise ValueError(f"on_error: {on_error!r} is not one of {list(ON_ERROR_CHOICES)}")
-    if record_format not in RECORD_FORMATS:
-        raise ValueError(f"record_format: {record_format!r} is not one of {list(RECORD_FORMATS)}")
-    opts = options if isinstance(options, ConversationOptions) else ConversationOptions(**(options or {}))
-    opts.check_implemented()
-    opts_dict = opts.to_dict()
-    # the LVIS frame (calibrated per prompt); a messages-only file needs the chat layout instead
-    frame = None if record_format == "messages" else counter.frame("<image>" + opts.resolved_prompt, 1)
-    if record_format == "messages":
-        counter.count_messages_batch([])  # fails here, not in a worker, when the chat layout is missing
-
-    cache_file = None
-    if cache_dir is not None:
-        key = cache_key(path, counter, opts_dict, on_error=on_error, check_images=check_images,
-                        max_records=max_records, prompt_frame=frame, record_format=record_format,
-                        check_image_data=check_image_data)
-        cache_file = pathlib.Path(cache_dir) / f"lengths-{key}.npz"
-        if clear_cache and cache_file.exists():
-            cache_file.unlink()
-        if cache_file.exists():
-            result = _load_cache(cache_file, path)
-            if result is not None:  # None: an image of a messages record changed since
-                if report_path is not None:
-                    write_skip_report(report_path, result.skipped)
-                    result.summary.report_path = str(report_path)
-                return result
-
-    base_dir = os.path.dirname(os.path.abspath(path))
-    state = {"counter": counter.state() if num_workers > 1 else None, "options": opts_dict, "path": path,
-             "base_dir": base_dir, "check_images": check_images, "check_image_data": check_image_data, "frame": frame,
-             "record_format": record_format}
-    summary = ReadSummary(path=path, report_path=None if report_path is None else str(report_path))
-    cols: dict = {k: [] for k in ("line", "text_tokens", "image_tokens", "num_objects", "kind", "num_images")}
-    skipped, images = [], {}
-
-    def consume(results):
-        for res in results:
-            kind = res[0]
-            if kind == "blank":
-                summary.blank_lines += 1
-                continue
-            summary.read += 1
-            if kind == "ok":
-                summary.valid += 1
-                for col, value in zip(cols.values(), res[1:7]):
-                    col.append(value)
-                images.update(dict.fromkeys(res[7]))
-                continue
-            error, raw = res[2], res[3]
-            if on_error == "raise":
-                raise error
-            skipped.append(skipped_record(error, raw))
-            summary.skipped += 1
-            summary.skipped_by_kind[error.kind] = summary.skipped_by_kind.get(error.kind, 0) + 1
-
-    done = 0
-    chunks = _chunks(path, max_records)
-    if num_workers <= 1:
-        _init_worker(state, counter)
-        for chunk in chunks:
-            consume(_count_chunk(chunk))
-            done += len(chunk[1])
-            if progress:
-                progress(done)
-    else:
-        with _worker_pool(num_workers, state) as pool:
-            for chunk_result in pool.imap(_count_chunk, chunks, chunksize=1):
-                consume(chunk_result)
-                done += len(chunk_result)
-                if progress:
-                    progress(done)
-    summary.skipped_by_kind = dict(sorted(summary.skipped_by_kind.items()))
-    summary.complete = True
-    dtypes = {"kind": np.int8}
-    arrays = {k: np.asarray(v, dtype=dtypes.get(k, np.int64)) for k, v in cols.items()}
-    result = DatasetLengths(**arrays, summary=summary, skipped=skipped)
+    run = _checked_pass(path, counter, options, on_error, record_format, check_images=check_images,
+                        check_image_data=check_image_data, max_records=max_records, num_workers=num_workers)
+    cache_file = _cache_file(run, counter, cache_dir, clear_cache)
+    if cache_file is not None and cache_file.exists():
+        result = _load_cache(cache_file, path)
+        if result is not None:  # None: an image of a messages record changed since
+            if report_path is not None:
+                write_skip_report(report_path, result.skipped)
+                result.summary.report_path = str(report_path)
+            return result
+    collected = _Collected(ReadSummary(path=path, report_path=None if report_path is None else str(report_path)),
+                           on_error)
+    _count_chunks(run, counter, collected, progress)
+    result = collected.result()
     if report_path is not None:
-        write_skip_report(report_path, skipped)
+        write_skip_report(report_path, collected.skipped)
     if cache_file is not None:
-        _save_cache(cache_file, result, _image_stamps(sorted(images)))
+        _save_cache(cache_file, result, _image_stamps(sorted(collected.images)))
     return result
 
 

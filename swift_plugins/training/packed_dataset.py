@@ -162,16 +162,7 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
     opts = sft.swiftpack_options
     args = sft.args
     template = sft.template
-    check_packing_template(template)
-    if args.training_args.dataloader_persistent_workers and args.training_args.dataloader_num_workers > 0:
-        raise UserError("dataloader_persistent_workers: training.packing needs false (persistent workers keep the "
-                        "first epoch's pack order)")
-    if args.training_args.train_dataloader_shuffle:
-        raise UserError("train_dataloader_shuffle: training.packing needs false (the packs are already in the dealt "
-                        "order; a shuffle would undo the deal and train other packs than the plan logs)")
-    template.padding_free = True
-    template.packing = True
-    template.max_length = opts.global_max_length
+    _prepare_template(template, args.training_args, opts.global_max_length)
     world_size = world_size_from_env(os.environ)
     rank = dist.get_rank() if dist.is_initialized() else 0
     conversation = opts.conversation_options()
@@ -205,15 +196,37 @@ def build_packed_datasets(sft, train_dataset, val_dataset):
     val = None
     if opts.val_jsonl:
         val_plan = plan(opts.val_jsonl, False)
-        if not opts.eval_packing:  # one sample per item (overlong ones dropped as planned); a batch is still isolated
-            kept = sorted(s for p in val_plan.plan.packs for s in p)
-            val_plan = dataclasses.replace(
-                val_plan, plan=dataclasses.replace(val_plan.plan, packs=[[s] for s in kept], strategy="none"))
+        if not opts.eval_packing:
+            val_plan = _one_sample_per_pack(val_plan)
         val = PackedDataset(val_plan, template, conversation, world_size=world_size, seed=opts.packing_seed,
                             train=False, counter=counter)
     _report(args.output_dir, train_plan, val.sp if val else None, is_master(), logger, world_size,
             args.gradient_accumulation_steps, len(train))
     return train, val
+
+
+def _prepare_template(template, training_args, global_max_length: int) -> None:
+    """Refuse what would break planned packing (a non-packing template, persistent dataloader workers, a
+    shuffling train dataloader: UserError with the fix), then switch the template to padding-free packing
+    of ``global_max_length`` tokens."""
+    check_packing_template(template)
+    if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
+        raise UserError("dataloader_persistent_workers: training.packing needs false (persistent workers keep the "
+                        "first epoch's pack order)")
+    if training_args.train_dataloader_shuffle:
+        raise UserError("train_dataloader_shuffle: training.packing needs false (the packs are already in the dealt "
+                        "order; a shuffle would undo the deal and train other packs than the plan logs)")
+    template.padding_free = True
+    template.packing = True
+    template.max_length = global_max_length
+
+
+def _one_sample_per_pack(val_plan: SamplePlan) -> SamplePlan:
+    """Eval without packing: every planned sample alone, in sample order (overlong ones stay dropped as
+    planned; a batch is still isolated). Packs [[2, 0], [1]] -> [[0], [1], [2]], strategy "none"."""
+    kept = sorted(s for p in val_plan.plan.packs for s in p)
+    return dataclasses.replace(
+        val_plan, plan=dataclasses.replace(val_plan.plan, packs=[[s] for s in kept], strategy="none"))
 
 
 def _report(output_dir, train_plan: SamplePlan, val_plan: Optional[SamplePlan], write: bool, logger, world_size,

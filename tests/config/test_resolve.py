@@ -21,19 +21,6 @@ def issues(path, overrides=(), world_size=1):
     return [str(i) for i in e.value.issues]
 
 
-@pytest.fixture()
-def cfg(tmp_path, monkeypatch):
-    """Write configs into tmp_path; labels are then relative ('x.yaml') as a user would type them."""
-    monkeypatch.chdir(tmp_path)
-
-    def make(name, text, base=True):
-        if base:
-            write(tmp_path, "base.yaml", BASE)
-        write(tmp_path, name, text)
-        return name
-    return make
-
-
 # ----------------------------------------------------------------------------- exact messages
 def test_unknown_key_names_file_section_key_and_suggestion(cfg):
     path = cfg("x.yaml", "extends: base.yaml\ntraining:\n  learnign_rate: 1.0e-4\n")
