@@ -10,11 +10,13 @@ How it plugs into ms-swift, without patching a class: ms-swift's loss registry. 
 :class:`FusedCrossEntropyLoss` with the trainer and calls it with the model outputs. Before the
 forward, :meth:`FusedCrossEntropyLoss.prepare_inputs` (called by the trainer's
 :class:`~swift_plugins.training.metrics.BatchRecorder`) asks the model, through two forward
-arguments transformers provides, for no logits (``logits_to_keep`` = an all-false mask) and for
-the final hidden states (``output_hidden_states=[last layer]``: only that layer is kept)::
+argument transformers provides, for no logits (``logits_to_keep`` = an all-false mask); the final
+hidden states are what the decoder's final norm returns, kept by a forward hook on that module
+(torch's hook API; it also sees them under ms-swift's DeepSpeed forward of Qwen3-VL, which returns
+only ``last_hidden_state`` and drops ``hidden_states``)::
 
-    BatchRecorder.compute_loss -> prepare_inputs: logits_to_keep=[False] * L, output_hidden_states=[n - 1]
-      ms-swift compute_loss -> model(...) -> outputs.hidden_states[-1] (B, L, H), logits (B, 0, V)
+    BatchRecorder.compute_loss -> prepare_inputs: logits_to_keep=[False] * L
+      ms-swift compute_loss -> model(...) -> decoder.norm output (B, L, H) kept, logits (B, 0, V)
         FusedCrossEntropyLoss(outputs, labels, num_items_in_batch): hidden at ms-swift's kept positions
           -> linear_cross_entropy(hidden, lm_head.weight, labels shifted) / num_items_in_batch
           -> token_acc (ms-swift's compute_acc on the chunks' argmax), per-row sums for eval_token_mean_loss
@@ -69,6 +71,8 @@ class FusedCrossEntropyLoss(BaseLoss):
                             f"(set training.fused_loss false)")
 
         self._keep = None
+        self._hidden: Optional[torch.Tensor] = None  # the decoder's final-norm output of the last forward
+        self._hooked: Optional[torch.nn.Module] = None
         self.eval_rows: Optional[torch.Tensor] = None
         BatchRecorder.attach(trainer)
         logger.info(loss_path_line(args.device, fused=True))
@@ -80,17 +84,27 @@ class FusedCrossEntropyLoss(BaseLoss):
         keep = inputs.get("logits_to_keep")
         self._keep = None if isinstance(keep, int) and keep == 0 else keep  # 0: every position
         ids = inputs["input_ids"] if inputs.get("input_ids") is not None else inputs["inputs_embeds"]
-        length = ids.shape[1]
-        config = self.trainer.model.config  # ``model`` may be a DDP / DeepSpeed wrapper
-        config = getattr(config, "text_config", config)
-        inputs["logits_to_keep"] = torch.zeros(length, dtype=torch.bool, device=ids.device)
-        inputs["output_hidden_states"] = [config.num_hidden_layers - 1]
+        self._hook_final_norm(self.trainer.model)  # ``model`` may be a DDP / DeepSpeed wrapper; this is not
+        self._hidden = None
+        inputs["logits_to_keep"] = torch.zeros(ids.shape[1], dtype=torch.bool, device=ids.device)
+
+    def _hook_final_norm(self, model) -> None:
+        """Keep the output of the decoder's final norm (the hidden states lm_head reads), once per model."""
+        norm = model.get_decoder().norm
+        if self._hooked is not norm:
+            norm.register_forward_hook(self._keep_hidden)
+            self._hooked = norm
+
+    def _keep_hidden(self, module, args, output) -> None:
+        self._hidden = output
 
     def __call__(self, outputs, labels, *, num_items_in_batch=None, loss_scale=None, **kwargs) -> torch.Tensor:
         if loss_scale is not None:
             raise UserError("training.fused_loss: ms-swift passed a per-token loss_scale, which the fused loss does "
                             "not apply (set training.fused_loss false)")
-        hidden = _kept(outputs.hidden_states[-1], self._keep)
+        if self._hidden is None:
+            raise RuntimeError("fused loss: the decoder's final norm did not run in this forward")
+        hidden, self._hidden = _kept(self._hidden, self._keep), None
         targets = shift_targets(labels).to(hidden.device)
         weight = output_weight(self.trainer.model)
         loss_sum, token_loss, preds = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight,

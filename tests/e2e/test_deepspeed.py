@@ -90,7 +90,10 @@ def run_args(model, data, out, *extra):
             "--training.dataloader_num_workers", "0", "--tuner.lora_dropout", "0", *map(str, extra)]
 
 
-FULL = ("--tuner.tuner_type", "full", "--tuner.use_dora", "false")
+# Full tuning trains lm_head, which ZeRO-3 partitions: the fused loss refuses that (its gradient would bypass
+# DeepSpeed's reduce-scatter), so the full runs take the full-logits loss; the LoRA runs use the fused loss
+# (the default), with ZeRO-3's partitioned frozen lm_head gathered for it.
+FULL = ("--tuner.tuner_type", "full", "--tuner.use_dora", "false", "--training.fused_loss", "false")
 
 
 def torchrun(model, data, out, stage, *extra, env=None):
