@@ -52,7 +52,7 @@ def test_flat_swift_args_exact(cfg):
     assert argv[argv.index("--attn_impl") + 1] == "swiftpack_varlen"
     assert argv[argv.index("--target_modules") + 1] == "all-linear"
     assert argv[argv.index("--check_model") + 1] == "False"
-    assert argv[argv.index("--swiftpack_fused_loss") + 1] == "True"
+    assert argv[argv.index("--loss_type") + 1] == "swiftpack_fused_ce" and C.runtime_options(r).fused_loss is True
 
 
 def test_fused_loss_false_leaves_ms_swifts_loss_and_another_loss_type_needs_it_off(cfg):

@@ -9,6 +9,8 @@ import textwrap
 
 import pytest
 import torch
+from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
+from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeGatedDeltaNet
 
 from conftest import REPO, child_environment
 from swift_plugins.dev.hybrid_decoder import VOCAB, build
@@ -18,6 +20,17 @@ from swift_plugins.training.linear_attention import (BACKEND_PER_SEGMENT, Isolat
                                                      isolated_forward, segment_bounds, uninstall)
 
 LENGTHS = [37, 2, 29, 20]  # one sample shorter than the 4-tap convolution window
+
+# transformers' own layer forwards as imported (collection, before any test ran): loading a Qwen3.5
+# checkpoint through ms-swift in another test of this process replaces them on the class, and these tests
+# are about transformers' layer (ms-swift's replacement: the subprocess test below).
+TRANSFORMERS_FORWARD = {cls: cls.forward for cls in (Qwen3_5GatedDeltaNet, Qwen3_5MoeGatedDeltaNet)}
+
+
+@pytest.fixture(autouse=True)
+def transformers_linear_attention(monkeypatch):
+    for cls, forward in TRANSFORMERS_FORWARD.items():
+        monkeypatch.setattr(cls, "forward", forward)
 
 
 def _samples(seed=1):
