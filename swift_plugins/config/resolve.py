@@ -239,72 +239,97 @@ def _grad_accum_issue(source: str, effective: int, per_device: int, world_size: 
     return Issue(source, "training.effective_batch_size", message)
 
 
+class _Checked:
+    """The merged values under cross-checks: ``ok`` (no type problem reported for these keys),
+    ``source`` (where a key was set), ``t`` (a training.* value)."""
+
+    def __init__(self, cfg: Dict[str, Any], src: Dict[str, str], bad: set, top: str):
+        self.cfg, self.src, self.bad, self.top = cfg, src, bad, top
+
+    def ok(self, *keys: str) -> bool:
+        return not any(k in self.bad for k in keys)
+
+    def source(self, key: str) -> str:
+        return self.src.get(key, self.top)
+
+    def t(self, key: str) -> Any:
+        return self.cfg[f"training.{key}"]
+
+
 def _cross_checks(cfg: Dict[str, Any], src: Dict[str, str], bad: set, top: str, world_size: int,
                   swift: Merged) -> Tuple[List[Issue], Optional[int], str]:
-    """Conflicts between keys; keys with a type problem are left out (already reported)."""
+    """Conflicts between keys; keys with a type problem are left out (already reported). Returns the
+    issues and the gradient accumulation steps with their source (None, "" when not derivable)."""
+    v = _Checked(cfg, src, bad, top)
+    issues = _packing_checks(v) + _option_conflicts(v) + _swift_key_checks(v, swift)
+    gas, gas_source, problem = _grad_accum(v, world_size)
+    return issues + ([problem] if problem else []), gas, gas_source
+
+
+def _packing_checks(v: _Checked) -> List[Issue]:
+    """What training.packing needs: batch size 1, a global_max_length, a packing template."""
     issues: List[Issue] = []
-
-    def ok(*keys: str) -> bool:
-        return not any(k in bad for k in keys)
-
-    def source(key: str) -> str:
-        return src.get(key, top)
-
-    def t(key: str) -> Any:
-        return cfg[f"training.{key}"]
-
-    if ok("training.packing", "training.per_device_train_batch_size") and t("packing") \
-            and t("per_device_train_batch_size") != 1:
-        issues.append(Issue(source("training.per_device_train_batch_size"), "training.per_device_train_batch_size",
-                            f"must be 1 with training.packing true (each device batch is one pack of many "
-                            f"samples), got {t('per_device_train_batch_size')}"))
-    if ok("training.packing", "training.per_device_eval_batch_size") and t("packing") \
-            and t("per_device_eval_batch_size") != 1:
-        issues.append(Issue(source("training.per_device_eval_batch_size"), "training.per_device_eval_batch_size",
-                            f"must be 1 with training.packing true (each eval batch is one pack, or one sample with "
-                            f"eval_packing false), got {t('per_device_eval_batch_size')}"))
-    if ok("training.packing", "training.global_max_length") and t("packing") and t("global_max_length") is None:
-        issues.append(Issue(source("training.packing"), "training.global_max_length",
+    packing = v.ok("training.packing") and v.t("packing")
+    for key, why in (("per_device_train_batch_size", "each device batch is one pack of many samples"),
+                     ("per_device_eval_batch_size", "each eval batch is one pack, or one sample with eval_packing "
+                                                    "false")):
+        if packing and v.ok(f"training.{key}") and v.t(key) != 1:
+            issues.append(Issue(v.source(f"training.{key}"), f"training.{key}",
+                                f"must be 1 with training.packing true ({why}), got {v.t(key)}"))
+    if packing and v.ok("training.global_max_length") and v.t("global_max_length") is None:
+        issues.append(Issue(v.source("training.packing"), "training.global_max_length",
                             "required with training.packing true (tokens per pack, e.g. 20000)"))
     packable = {None} | {name for f in FAMILIES.values() for name in (f.template, f.packing_template)}
-    if ok("training.packing", "template.template") and t("packing") and cfg["template.template"] not in packable:
-        issues.append(Issue(source("template.template"), "template.template",
-                            f"{cfg['template.template']!r} cannot pack: training.packing uses the model family's "
+    if packing and v.ok("template.template") and v.cfg["template.template"] not in packable:
+        issues.append(Issue(v.source("template.template"), "template.template",
+                            f"{v.cfg['template.template']!r} cannot pack: training.packing uses the model family's "
                             f"packing template (isolated samples); set template.template: null"))
-    if ok("training.packing", "training.eval_packing") and t("eval_packing") and not t("packing"):
-        issues.append(Issue(source("training.eval_packing"), "training.eval_packing",
+    if v.ok("training.packing", "training.eval_packing") and v.t("eval_packing") and not v.t("packing"):
+        issues.append(Issue(v.source("training.eval_packing"), "training.eval_packing",
                             "needs training.packing true (or set eval_packing false)"))
-    if ok("training.optimizer", "training.vit_lr", "training.aligner_lr") and t("optimizer") != "multimodal":
-        for key in ("vit_lr", "aligner_lr"):
-            if t(key) is not None:
-                issues.append(Issue(source(f"training.{key}"), f"training.{key}",
-                                    f"only used by training.optimizer multimodal (optimizer is "
-                                    f"{show(t('optimizer'))})"))
-    if ok("tuner.tuner_type", "tuner.use_dora") and cfg["tuner.use_dora"] and cfg["tuner.tuner_type"] != "lora":
-        issues.append(Issue(source("tuner.use_dora"), "tuner.use_dora",
+    return issues
+
+
+def _option_conflicts(v: _Checked) -> List[Issue]:
+    """Keys that only mean something with another key's value (optimizer, DoRA, flash attention,
+    coordinate options, the skip report, the DeepSpeed config)."""
+    issues: List[Issue] = []
+    cfg = v.cfg
+    show_opt = show(cfg["training.optimizer"]) if v.ok("training.optimizer") else ""
+    if v.ok("training.optimizer", "training.vit_lr", "training.aligner_lr") and v.t("optimizer") != "multimodal":
+        issues += [Issue(v.source(f"training.{key}"), f"training.{key}",
+                         f"only used by training.optimizer multimodal (optimizer is {show_opt})")
+                   for key in ("vit_lr", "aligner_lr") if v.t(key) is not None]
+    if v.ok("tuner.tuner_type", "tuner.use_dora") and cfg["tuner.use_dora"] and cfg["tuner.tuner_type"] != "lora":
+        issues.append(Issue(v.source("tuner.use_dora"), "tuner.use_dora",
                             f"needs tuner.tuner_type lora (tuner_type is {show(cfg['tuner.tuner_type'])})"))
-    if ok("model.attn_impl", "model.torch_dtype") and (cfg["model.attn_impl"] or "").startswith("flash") \
+    if v.ok("model.attn_impl", "model.torch_dtype") and (cfg["model.attn_impl"] or "").startswith("flash") \
             and cfg["model.torch_dtype"] not in ("bfloat16", "float16"):
-        issues.append(Issue(source("model.attn_impl"), "model.attn_impl",
+        issues.append(Issue(v.source("model.attn_impl"), "model.attn_impl",
                             f"{cfg['model.attn_impl']} needs model.torch_dtype bfloat16 or float16 (got "
                             f"{show(cfg['model.torch_dtype'])})"))
     for key in ("custom.coord_tokens.enabled", "custom.coord_tokens.skip_bbox_norm", "custom.coord_offset.enabled"):
-        if ok(key) and cfg[key]:
-            issues.append(Issue(source(key), key, "true is not implemented (coordinates are emitted as numeric "
-                                                  "text); set false"))
-    if ok("data.on_error", "data.skip_report_dir") and cfg["data.on_error"] == "skip" \
+        if v.ok(key) and cfg[key]:
+            issues.append(Issue(v.source(key), key, "true is not implemented (coordinates are emitted as numeric "
+                                                    "text); set false"))
+    if v.ok("data.on_error", "data.skip_report_dir") and cfg["data.on_error"] == "skip" \
             and cfg["data.skip_report_dir"] is None:
-        issues.append(Issue(source("data.on_error"), "data.skip_report_dir",
+        issues.append(Issue(v.source("data.on_error"), "data.skip_report_dir",
                             "required with data.on_error skip (every skipped record is reported there)"))
-    if ok("deepspeed.config"):
-        ds = cfg["deepspeed.config"]
-        if ds is not None and ds not in PRESET_DEEPSPEED and not ds.endswith(".json"):
-            issues.append(Issue(source("deepspeed.config"), "deepspeed.config",
-                                f"expected a .json file or one of {', '.join(PRESET_DEEPSPEED)}, got {show(ds)}"))
+    ds = cfg["deepspeed.config"] if v.ok("deepspeed.config") else None
+    if ds is not None and ds not in PRESET_DEEPSPEED and not ds.endswith(".json"):
+        issues.append(Issue(v.source("deepspeed.config"), "deepspeed.config",
+                            f"expected a .json file or one of {', '.join(PRESET_DEEPSPEED)}, got {show(ds)}"))
+    return issues
+
+
+def _swift_key_checks(v: _Checked, swift: Merged) -> List[Issue]:
+    """``swift:`` pass-through keys that a schema key owns, that are reserved, or that the fused loss sets."""
+    issues: List[Issue] = []
     for (_, name), (_, _, label) in swift.items():
         if name in RESERVED_SWIFT_KEYS:
             issues.append(Issue(label, f"swift.{name}", RESERVED_SWIFT_KEYS[name]))
-        elif name == "loss_type" and ok("training.fused_loss") and cfg["training.fused_loss"]:
+        elif name == "loss_type" and v.ok("training.fused_loss") and v.cfg["training.fused_loss"]:
             issues.append(Issue(label, "swift.loss_type", "training.fused_loss true sets it (the fused loss); "
                                                           "set training.fused_loss false to use another loss_type"))
         else:
@@ -312,33 +337,30 @@ def _cross_checks(cfg: Dict[str, Any], src: Dict[str, str], bad: set, top: str, 
                           and leaf.meta["target"] == SWIFT), None)
             if owner is not None:
                 issues.append(Issue(label, f"swift.{name}", f"set by {owner.dotted}; use that key"))
+    return issues
 
-    # effective batch -> gradient accumulation
-    gas, gas_source = None, ""
-    keys = ("training.effective_batch_size", "training.gradient_accumulation_steps",
-            "training.per_device_train_batch_size")
-    if ok(*keys):
-        effective, explicit = t("effective_batch_size"), t("gradient_accumulation_steps")
-        per_device = t("per_device_train_batch_size")
-        if effective is not None and explicit is not None:
-            issues.append(Issue(source("training.gradient_accumulation_steps"),
-                                "training.gradient_accumulation_steps",
-                                f"set either training.effective_batch_size ({effective}) or "
-                                f"training.gradient_accumulation_steps ({explicit}), not both (null one of them)"))
-        elif effective is None and explicit is None:
-            issues.append(Issue(top, "training.effective_batch_size",
-                                "required (or set training.gradient_accumulation_steps); ms-swift's silent "
-                                "default is 16"))
-        elif explicit is not None:
-            gas, gas_source = explicit, source("training.gradient_accumulation_steps")
-        else:
-            problem = _grad_accum_issue(source("training.effective_batch_size"), effective, per_device, world_size)
-            if problem is not None:
-                issues.append(problem)
-            else:
-                gas = effective // (per_device * world_size)
-                gas_source = f"derived: {effective} / ({per_device} x {world_size})"
-    return issues, gas, gas_source
+
+def _grad_accum(v: _Checked, world_size: int) -> Tuple[Optional[int], str, Optional[Issue]]:
+    """Effective batch -> gradient accumulation: (steps, their source, or the problem)."""
+    if not v.ok("training.effective_batch_size", "training.gradient_accumulation_steps",
+                "training.per_device_train_batch_size"):
+        return None, "", None
+    effective, explicit = v.t("effective_batch_size"), v.t("gradient_accumulation_steps")
+    per_device = v.t("per_device_train_batch_size")
+    if effective is not None and explicit is not None:
+        return None, "", Issue(v.source("training.gradient_accumulation_steps"), "training.gradient_accumulation_steps",
+                               f"set either training.effective_batch_size ({effective}) or "
+                               f"training.gradient_accumulation_steps ({explicit}), not both (null one of them)")
+    if effective is None and explicit is None:
+        return None, "", Issue(v.top, "training.effective_batch_size",
+                               "required (or set training.gradient_accumulation_steps); ms-swift's silent "
+                               "default is 16")
+    if explicit is not None:
+        return explicit, v.source("training.gradient_accumulation_steps"), None
+    problem = _grad_accum_issue(v.source("training.effective_batch_size"), effective, per_device, world_size)
+    if problem is not None:
+        return None, "", problem
+    return effective // (per_device * world_size), f"derived: {effective} / ({per_device} x {world_size})", None
 
 
 def _build(cls: type, values: Dict[Tuple[str, ...], Any], prefix: Tuple[str, ...] = ()) -> Any:
