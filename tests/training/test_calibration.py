@@ -94,21 +94,10 @@ def test_cache_format_is_part_of_both_cache_keys(tiny_model_dir, monkeypatch):
 def test_the_image_rule_is_the_family_row_checked_against_ms_swift(tiny_template, monkeypatch):
     """The rule comes from swift_plugins.families; a qwen-vl-utils set up otherwise in this process, or a
     template expanding another image token id, is a RuntimeError, never a silent miscount."""
-    import importlib
-
     from qwen_vl_utils import vision_process as vp
-    from swift.model.models.qwen import compat_qwen_vl_utils, patch_qwen_vl_utils
 
     from swift_plugins.families import FAMILIES, image_rule
 
-    # this process as a fresh Qwen3-VL load leaves it: no resize variables (ms-swift writes os.environ when a
-    # model loads, so another family's load in an earlier test of this worker may have left some behind)
-    for name in calibration.RESIZE_ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-    vp.__dict__.pop("_patch", None)
-    compat_qwen_vl_utils(image_patch_size=16)
-    vp = importlib.reload(vp)
-    patch_qwen_vl_utils(vp)
     rule = calibration.image_rule_from_template(tiny_template)
     assert rule == image_rule(FAMILIES["qwen3_vl"], {}, processor_patch=16, processor_merge=2)
     assert calibration.template_family(tiny_template) is FAMILIES["qwen3_vl"]
