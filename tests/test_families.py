@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -135,6 +136,9 @@ def test_limits_equal_what_ms_swift_sets_in_qwen_vl_utils(monkeypatch):
 
     envs = [{}, {"MAX_PIXELS": "1003520", "MIN_PIXELS": "200704"}, {"IMAGE_MAX_TOKEN_NUM": "77", "MAX_RATIO": "50"},
             {"SPATIAL_MERGE_SIZE": "3", "MAX_PIXELS": "1003520"}]
+    # compat_qwen_vl_utils writes IMAGE_*_TOKEN_NUM straight into os.environ; a later delenv then records that
+    # value and monkeypatch.undo() would bring it back, so the whole environment is restored by hand as well
+    saved_env = dict(os.environ)
     try:
         for env in envs:
             for family in (FAMILIES["qwen2_vl"], FAMILIES["qwen3_vl"]):
@@ -142,5 +146,7 @@ def test_limits_equal_what_ms_swift_sets_in_qwen_vl_utils(monkeypatch):
                                                            int(env.get("MAX_RATIO", 200))], (family.title, env)
     finally:
         monkeypatch.undo()
+        os.environ.clear()
+        os.environ.update(saved_env)
         vision_process.__dict__.pop("_patch", None)
         patch_qwen_vl_utils(importlib.reload(vision_process))  # as a normal load in this environment leaves it
