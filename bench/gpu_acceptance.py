@@ -110,6 +110,22 @@ def image_samples(device, dtype, seed: int = 0) -> List[Dict]:
     return out
 
 
+def _packed_row(samples, positions) -> Dict:
+    """One packed row of encoded ``samples`` with their mrope ``positions`` (3 rows each): 4-row
+    position ids (the text row restarts per sample) and ``cu_seq_lens`` marking the samples."""
+    import torch
+
+    lengths = [s["input_ids"].shape[1] for s in samples]
+    text = torch.cat([torch.arange(n) for n in lengths]).to(positions[0])
+    cu = torch.tensor([0] + [sum(lengths[:i + 1]) for i in range(len(lengths))], dtype=torch.int32,
+                      device=text.device)
+    return {"input_ids": torch.cat([s["input_ids"] for s in samples], 1),
+            "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
+            "image_grid_thw": torch.cat([s["image_grid_thw"] for s in samples]),
+            "position_ids": torch.cat([text.view(1, 1, -1), torch.cat(positions, -1)]), "cu_seq_lens_q": cu,
+            "cu_seq_lens_k": cu, "max_length_q": max(lengths), "max_length_k": max(lengths), "use_cache": False}
+
+
 def _forward_kwargs(model, sample: Dict) -> Dict:
     import inspect
 
@@ -135,15 +151,10 @@ def packed_vs_alone(model, samples: List[Dict], packed_impl: str, boundaries: st
     finally:
         hook.remove()
     lengths = [s["input_ids"].shape[1] for s in samples]
-    text = torch.cat([torch.arange(n) for n in lengths]).to(positions[0])
-    cu = torch.tensor([0] + [sum(lengths[:i + 1]) for i in range(len(lengths))], dtype=torch.int32,
-                      device=text.device)
-    packed_inputs = {"input_ids": torch.cat([s["input_ids"] for s in samples], 1),
-                     "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
-                     "image_grid_thw": torch.cat([s["image_grid_thw"] for s in samples]),
-                     "position_ids": torch.cat([text.view(1, 1, -1), torch.cat(positions, -1)]), "use_cache": False}
-    if boundaries == "cu_seq_lens":
-        packed_inputs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
+    packed_inputs = _packed_row(samples, positions)
+    if boundaries != "cu_seq_lens":
+        for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"):
+            del packed_inputs[key]
     _set_impl(model, packed_impl)
     with torch.no_grad(), OpNames() as ops:
         packed = model(**packed_inputs).logits[0].float()
@@ -401,17 +412,10 @@ def packed_row(model, samples: List[Dict]) -> Dict:
                 model(**_forward_kwargs(model, s), use_cache=False)
     finally:
         hook.remove()
-    lengths = [s["input_ids"].shape[1] for s in samples]
-    text = torch.cat([torch.arange(n) for n in lengths]).to(positions[0])
-    cu = torch.tensor([0] + [sum(lengths[:i + 1]) for i in range(len(lengths))], dtype=torch.int32,
-                      device=text.device)
-    ids = torch.cat([s["input_ids"] for s in samples], 1)
-    labels = ids.masked_fill(ids == _special("<|image_pad|>"), -100)
-    labels[0, cu[:-1].long()] = -100
-    return {"input_ids": ids, "labels": labels, "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
-            "image_grid_thw": torch.cat([s["image_grid_thw"] for s in samples]),
-            "position_ids": torch.cat([text.view(1, 1, -1), torch.cat(positions, -1)]), "cu_seq_lens_q": cu,
-            "cu_seq_lens_k": cu, "max_length_q": max(lengths), "max_length_k": max(lengths), "use_cache": False}
+    row = _packed_row(samples, positions)
+    labels = row["input_ids"].masked_fill(row["input_ids"] == _special("<|image_pad|>"), -100)
+    labels[0, row["cu_seq_lens_q"][:-1].long()] = -100
+    return {**row, "labels": labels}
 
 
 def check_zero3(model_dir, plan) -> Dict:
