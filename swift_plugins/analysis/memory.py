@@ -12,7 +12,9 @@
                    fused (default): min(L, 1024) * vocab * 6   (one chunk: fp32 logits / softmax in place 4
                                  + its bf16 copy for the matmuls 2) + L * hidden * 2 (the hidden-state
                                  gradient kept for backward) + vocab * hidden * 4 with full tuning (fp32
-                                 lm_head gradient)
+                                 lm_head gradient); under ZeRO-3 + vocab * hidden * 2 (lm_head gathered
+                                 for the loss) and, with full tuning, another vocab * hidden * 2 (the
+                                 probe through which its gradient reaches DeepSpeed, linear_ce)
     overhead     = 2 GiB                            (CUDA context, allocator fragmentation, buffers)
 
 Assumptions: per-device batch of one packed row of L tokens; attention without an L x L score
@@ -253,8 +255,12 @@ def logits_bytes(shape: ModelShape, seq_len: int, setup: MemorySetup, *, fused: 
     20,000 tokens: full 28.3 GiB; fused 0.87 + 0.15 = 1.02 GiB."""
     if not fused:
         return float(seq_len * shape.vocab * 10)
-    lm_head_grad = shape.vocab * shape.hidden * 4 if setup.tuner == "full" else 0
-    return float(min(seq_len, LOSS_CHUNK_TOKENS) * shape.vocab * 6 + seq_len * shape.hidden * 2 + lm_head_grad)
+    head = shape.vocab * shape.hidden
+    full = setup.tuner == "full"
+    lm_head = head * 4 * full  # its fp32 gradient
+    if setup.zero_stage >= 3:
+        lm_head += head * 2 * (1 + full)  # gathered; with full tuning the probe (linear_ce) too
+    return float(min(seq_len, LOSS_CHUNK_TOKENS) * shape.vocab * 6 + seq_len * shape.hidden * 2 + lm_head)
 
 
 def memory_table(shape: ModelShape, seq_lens, setup: MemorySetup) -> list[dict]:

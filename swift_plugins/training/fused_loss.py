@@ -18,7 +18,7 @@ only ``last_hidden_state`` and drops ``hidden_states``)::
     BatchRecorder.compute_loss -> prepare_inputs: logits_to_keep=[False] * L
       ms-swift compute_loss -> model(...) -> decoder.norm output (B, L, H) kept, logits (B, 0, V)
         FusedCrossEntropyLoss(outputs, labels, num_items_in_batch): hidden at ms-swift's kept positions
-          -> linear_cross_entropy(hidden, lm_head.weight, labels shifted) / num_items_in_batch
+          -> linear_cross_entropy(hidden, lm_head.weight, labels shifted, layer=lm_head) / num_items_in_batch
           -> token_acc (ms-swift's compute_acc on the chunks' argmax), per-row sums for eval_token_mean_loss
 
 Not supported (refused or said): an adapter on lm_head (UserError), ms-swift's per-token
@@ -37,11 +37,13 @@ from swift_plugins.analysis.memory import LOSS_CHUNK_TOKENS
 from swift_plugins.errors import UserError
 from swift_plugins.names import FUSED_LOSS
 from swift_plugins.training.linear_ce import (BACKEND_LIGER, IGNORE_INDEX, linear_cross_entropy, loss_backend,
-                                              shift_targets)
+                                              partitioned, shift_targets)
 
-__all__ = ["FusedCrossEntropyLoss", "loss_path_line", "output_weight", "register"]
+__all__ = ["FusedCrossEntropyLoss", "ZERO3_TRAINED_LINE", "loss_path_line", "output_layer", "register"]
 
 logger = get_logger()
+ZERO3_TRAINED_LINE = ("swiftpack loss: lm_head is trained and partitioned by DeepSpeed ZeRO-3; its gradient goes to "
+                      "DeepSpeed's reduce-scatter through lm_head (one (hidden, vocab) probe per step)")
 
 
 def loss_path_line(device: torch.device, fused: bool) -> str:
@@ -106,9 +108,11 @@ class FusedCrossEntropyLoss(BaseLoss):
             raise RuntimeError("fused loss: the decoder's final norm did not run in this forward")
         hidden, self._hidden = _kept(self._hidden, self._keep), None
         targets = shift_targets(labels).to(hidden.device)
-        weight = output_weight(self.trainer.model)
-        loss_sum, token_loss, preds = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight,
-                                                           targets.reshape(-1))
+        head = output_layer(self.trainer.model)
+        if partitioned(head.weight) and head.weight.requires_grad:
+            logger.info_once(ZERO3_TRAINED_LINE)
+        loss_sum, token_loss, preds = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight,
+                                                           targets.reshape(-1), layer=head)
         if num_items_in_batch is None:
             num_items_in_batch = (targets != IGNORE_INDEX).sum()
         if isinstance(num_items_in_batch, torch.Tensor):
@@ -141,13 +145,13 @@ def _kept(hidden: torch.Tensor, keep) -> torch.Tensor:
     return hidden[:, keep.to(hidden.device)]
 
 
-def output_weight(model) -> torch.nn.Parameter:
-    """``lm_head.weight`` of ``model`` (a PeftModel or the model); refuses an adapted or biased lm_head."""
+def output_layer(model) -> torch.nn.Linear:
+    """``lm_head`` of ``model`` (a PeftModel or the model); refuses an adapted or biased lm_head."""
     head = model.get_output_embeddings()
     if type(head) is not torch.nn.Linear or head.bias is not None:
         raise UserError(f"training.fused_loss: the output layer is a {type(head).__name__} (an adapter on lm_head, or a "
                         f"bias); the fused loss reads a plain lm_head weight (set training.fused_loss false)")
-    return head.weight
+    return head
 
 
 def register() -> None:

@@ -67,6 +67,10 @@ def test_fused_loss_holds_one_chunk_of_logits_not_the_whole_row():
     assert LOSS_CHUNK_TOKENS == 1024
     assert logits_bytes(SMALL, 20_000, MemorySetup(), fused=True) == 1024 * 60 + 160_000
     assert logits_bytes(SMALL, 20_000, MemorySetup(), fused=False) == 2_000_000
+    # ZeRO-3 gathers lm_head for the loss (10 * 4 * 2 B = 80); full tuning adds the probe (80) to the gradient
+    assert logits_bytes(SMALL, 8, MemorySetup(zero_stage=3), fused=True) == 544.0 + 80
+    assert logits_bytes(SMALL, 8, MemorySetup(tuner="full", zero_stage=3), fused=True) == 704.0 + 160
+    assert logits_bytes(SMALL, 8, MemorySetup(tuner="full", zero_stage=3), fused=False) == 800.0
 
 
 @pytest.mark.parametrize("world_size", [0, 1])

@@ -24,7 +24,10 @@ LoRA B starts at zero), so exact equality is asked of the dropout-free runs.
     z3_resumed  LoRA   z3_lora from checkpoint-1             same packs and loss as uninterrupted
     ddp_full    full   torchrun, no DeepSpeed                the reference
     z2_full     full   --export_flat + NPROC_PER_NODE=2 swift sft, zero2.json   = DDP per step
-    z3_full     full   torchrun, zero3.json                  = DDP per step; gathered weights load
+    z3_full     full   torchrun, zero3.json                  = DDP per step, the fused loss's gradient of the
+                                                          partitioned lm_head through DeepSpeed; weights load
+
+Every run takes the default fused loss (``training.fused_loss``).
 """
 from __future__ import annotations
 
@@ -90,10 +93,9 @@ def run_args(model, data, out, *extra):
             "--training.dataloader_num_workers", "0", "--tuner.lora_dropout", "0", *map(str, extra)]
 
 
-# Full tuning trains lm_head, which ZeRO-3 partitions: the fused loss refuses that (its gradient would bypass
-# DeepSpeed's reduce-scatter), so the full runs take the full-logits loss; the LoRA runs use the fused loss
-# (the default), with ZeRO-3's partitioned frozen lm_head gathered for it.
-FULL = ("--tuner.tuner_type", "full", "--tuner.use_dora", "false", "--training.fused_loss", "false")
+# Every run takes the default fused loss: LoRA with ZeRO-3's partitioned frozen lm_head gathered for it, full
+# tuning with the trained partitioned lm_head's gradient handed to DeepSpeed through the layer (linear_ce).
+FULL = ("--tuner.tuner_type", "full", "--tuner.use_dora", "false")
 
 
 def torchrun(model, data, out, stage, *extra, env=None):
@@ -154,6 +156,8 @@ def has_image(out, sample):
 # ----------------------------------------------------------------------------------- equality
 @pytest.mark.parametrize("tuner", ["lora", "full"])
 def test_zero2_and_zero3_equal_ddp_per_step_with_the_configured_learning_rates(runs, tuner):
+    from swift_plugins.training.fused_loss import ZERO3_TRAINED_LINE
+
     ddp = steps(runs[f"ddp_{tuner}"][0])
     assert len(ddp) == STEPS and all(math.isfinite(r["loss"]) for r in ddp)
     for stage in ("z2", "z3"):
@@ -164,6 +168,8 @@ def test_zero2_and_zero3_equal_ddp_per_step_with_the_configured_learning_rates(r
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (stage, a, b)
             assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), (stage, a, b)
         assert "swiftpack deepspeed: DeepSpeed on the CPU (training.use_cpu true)" in log
+        assert "swiftpack loss: fused linear cross-entropy (chunked PyTorch" in log  # also full tuning under ZeRO-3
+        assert (ZERO3_TRAINED_LINE in log) == (stage == "z3" and tuner == "full")  # the route that ran
         assert "world size 2" in log
         args = json.loads((out / "args.json").read_text())
         assert (args["fp16"], args["bf16"]) == (False, False)

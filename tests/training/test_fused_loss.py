@@ -14,7 +14,7 @@ import torch
 from conftest import child_environment, make_lvis_jsonl, read_jsonl, run
 from swift_plugins.errors import UserError
 from swift_plugins.names import FUSED_LOSS
-from swift_plugins.training.fused_loss import loss_path_line, output_weight
+from swift_plugins.training.fused_loss import loss_path_line, output_layer
 
 def test_the_log_names_the_path():
     assert "chunked PyTorch, 1024 tokens per chunk" in loss_path_line("cpu", fused=True)
@@ -26,10 +26,10 @@ def test_an_adapter_on_lm_head_is_refused(tiny_model_dir):
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    assert output_weight(model) is model.lm_head.weight
+    assert output_layer(model) is model.lm_head
     adapted = get_peft_model(model, LoraConfig(r=2, target_modules=["lm_head"]))
     with pytest.raises(UserError, match=r"^training.fused_loss: the output layer is a .*set training.fused_loss false"):
-        output_weight(adapted)
+        output_layer(adapted)
 
 
 # ------------------------------------------------------------------------- three training steps

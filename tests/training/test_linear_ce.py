@@ -24,13 +24,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_worked_example_of_the_docstring():
     hidden = torch.tensor([[1.0, 0.0]], requires_grad=True)
     weight = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]], requires_grad=True)
-    loss, token_loss, preds = LinearCrossEntropy.apply(hidden, weight, torch.tensor([1]), 4)
+    loss, token_loss, preds, no_grad_w = LinearCrossEntropy.apply(hidden, weight, torch.tensor([1]), 4)
     assert loss.item() == pytest.approx(-math.log(0.75), rel=1e-6) and preds.tolist() == [1]
     assert token_loss.tolist() == pytest.approx([-math.log(0.75)], rel=1e-6)
     loss.backward()
     # d loss / d logits = [1/4, -1/4]; logits = W @ h -> d/dW = dlogits outer h, d/dh = dlogits @ W
     assert weight.grad.flatten().tolist() == pytest.approx([0.25, 0.0, -0.25, 0.0], abs=1e-6)
     assert hidden.grad.flatten().tolist() == pytest.approx([-0.25 * math.log(3), 0.0], abs=1e-6)
+    assert no_grad_w.numel() == 0
+    # weight_grad_out: the same weight gradient handed out for a detached weight (the ZeRO-3 route)
+    *_, grad_w = LinearCrossEntropy.apply(hidden.detach(), weight.detach(), torch.tensor([1]), 4, True)
+    assert grad_w.flatten().tolist() == pytest.approx([0.25, 0.0, -0.25, 0.0], abs=1e-6)
 
 
 def test_shift_targets_moves_labels_one_left_and_ignores_the_last_position():
@@ -92,7 +96,7 @@ def test_loss_and_gradients_equal_the_full_logits_over_an_accumulated_step(train
 def test_a_frozen_lm_head_computes_no_weight_gradient():
     hidden = torch.randn(10, 4, requires_grad=True)
     weight = torch.randn(7, 4)
-    loss, _, _ = LinearCrossEntropy.apply(hidden, weight, torch.randint(0, 7, (10,)), 3)
+    loss = LinearCrossEntropy.apply(hidden, weight, torch.randint(0, 7, (10,)), 3)[0]
     assert loss.grad_fn is not None
     saved = loss.grad_fn.saved_tensors
     assert [t.shape for t in saved] == [hidden.shape]  # only grad_h kept: no (vocab, hidden) weight gradient
@@ -149,39 +153,58 @@ import os, sys
 os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1",
                   LOCAL_RANK="0")
 import torch, torch.nn.functional as F, deepspeed
-from swift_plugins.errors import UserError
 from swift_plugins.training.linear_ce import linear_cross_entropy
 deepspeed.init_distributed(dist_backend="gloo")
 torch.manual_seed(0)
 full = torch.randn(50, 8)
-with deepspeed.zero.Init(config_dict_or_path={"zero_optimization": {"stage": 3}, "train_batch_size": 1}):
+h = torch.randn(30, 8)
+t = torch.randint(0, 50, (30,))
+t[::4] = -100
+h_ref = h.clone().requires_grad_(True)
+w_ref = full.clone().requires_grad_(True)
+ref = F.cross_entropy(h_ref @ w_ref.T, t, reduction="sum")
+ref.backward()
+# persistence threshold 0: by default DeepSpeed keeps parameters under 1e5 elements gathered for good
+config = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}, "train_batch_size": 1,
+          "gradient_clipping": 0.0, "zero_allow_untested_optimizer": True}
+with deepspeed.zero.Init(config_dict_or_path=config):
     head = torch.nn.Linear(8, 50, bias=False)
 with deepspeed.zero.GatheredParameters([head.weight], modifier_rank=0):
     head.weight.data.copy_(full)
 assert head.weight.shape == (0,), head.weight.shape  # partitioned
-head.weight.requires_grad_(False)  # LoRA / DoRA: a frozen lm_head
-h = torch.randn(30, 8, requires_grad=True)
-t = torch.randint(0, 50, (30,))
-t[::4] = -100
-loss = linear_cross_entropy(h, head.weight, t, 7)[0]
+
+def check(loss, hg):
+    assert abs(loss.item() - ref.item()) <= 1e-5 * abs(ref.item()), (loss.item(), ref.item())
+    assert (hg - h_ref.grad).abs().max() <= 1e-5 * h_ref.grad.abs().max()
+    assert head.weight.shape == (0,)  # partitioned again after the loss
+
+# LoRA / DoRA: a frozen lm_head, gathered for the loss
+head.weight.requires_grad_(False)
+h1 = h.clone().requires_grad_(True)
+loss = linear_cross_entropy(h1, head.weight, t, 7)[0]
 loss.backward()
-h2 = h.detach().clone().requires_grad_(True)
-ref = F.cross_entropy(h2 @ full.T, t, reduction="sum")
-ref.backward()
-assert abs(loss.item() - ref.item()) <= 1e-5 * abs(ref.item()), (loss.item(), ref.item())
-assert (h.grad - h2.grad).abs().max() <= 1e-5 * h2.grad.abs().max()
-assert head.weight.shape == (0,)  # partitioned again after the loss
-head.weight.requires_grad_(True)  # full tuning under ZeRO-3: refused, not silently wrong
-try:
-    linear_cross_entropy(h, head.weight, t, 7)
-except UserError as e:
-    print("refused:", e)
-print("ok")
+check(loss, h1.grad)
+print("frozen ok")
+
+# full tuning: DeepSpeed's engine trains the partitioned lm_head; SGD(lr=1) moves it by its gradient
+head.weight.requires_grad_(True)
+engine, *_ = deepspeed.initialize(model=head, optimizer=torch.optim.SGD(head.parameters(), lr=1.0), config=config)
+h2 = h.clone().requires_grad_(True)
+loss = linear_cross_entropy(h2, head.weight, t, 7, layer=head)[0]
+engine.backward(loss)
+check(loss, h2.grad)
+engine.step()
+with deepspeed.zero.GatheredParameters([head.weight]):
+    moved = full - head.weight.detach()
+err = ((moved - w_ref.grad).abs().max() / w_ref.grad.abs().max()).item()
+assert err <= 1e-5, err
+print("trained ok", err)
 """
 
 
-def test_a_zero3_partitioned_frozen_lm_head_is_gathered_and_a_trained_one_refused(repo_root):
-    """DeepSpeed ZeRO-3 in one CPU process (gloo, world size 1): a real partitioned lm_head weight."""
+def test_a_zero3_partitioned_lm_head_is_gathered_and_a_trained_one_gets_its_gradient_from_deepspeed(repo_root):
+    """DeepSpeed ZeRO-3 in one CPU process (gloo, world size 1): a real partitioned lm_head weight,
+    frozen (LoRA) and trained by DeepSpeed's engine (full tuning: the step applies the gradient)."""
     import subprocess
     import sys
 
@@ -191,6 +214,12 @@ def test_a_zero3_partitioned_frozen_lm_head_is_gathered_and_a_trained_one_refuse
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    assert lines[-1] == "ok"
-    assert ("refused: training.fused_loss: a trained lm_head under DeepSpeed ZeRO-3 (full tuning) is not supported by "
-            "the fused loss (set training.fused_loss false, or use ZeRO-2)") in lines
+    assert "frozen ok" in lines
+    assert lines[-1].startswith("trained ok")
+
+
+def test_a_trained_partitioned_weight_without_its_layer_is_a_programming_error():
+    weight = torch.nn.Parameter(torch.ones(3, 2))
+    weight.ds_id = 0  # what DeepSpeed's zero.Init marks a partitioned parameter with
+    with pytest.raises(ValueError, match="needs the layer that owns it"):
+        linear_cross_entropy(torch.ones(4, 2), weight, torch.zeros(4, dtype=torch.long), 2)
