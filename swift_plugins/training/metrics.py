@@ -1,7 +1,11 @@
 """What the run actually did, measured where the trainer computes the loss.
 
 One :class:`BatchRecorder` per trainer wraps ``trainer.compute_loss`` and
-``trainer.evaluation_loop`` (once, whichever callback attaches it first)::
+``trainer.evaluation_loop`` (once, whichever callback attaches it first). Why the instance and
+not a trainer subclass: ms-swift 4.6 builds the trainer inside ``SwiftSft.run`` from
+``TrainerFactory``'s fixed mapping, with no argument or method that picks the class, so a
+subclass would need a copy of ``run`` or an edit of that global mapping. Wrapping two methods of
+this run's own trainer object changes no class or global and ends with the trainer::
 
     dataloader --batch--> compute_loss wrapper --batch without swiftpack_served--> ms-swift's compute_loss
                            |  fused loss (training.fused_loss): its prepare_inputs (hidden states, no logits)
