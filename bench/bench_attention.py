@@ -37,13 +37,15 @@ import math
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from child_memory import reset_peak, run_child, status_bytes  # noqa: E402
 
 ROWS = ("swiftpack_varlen", "sdpa_4d_mask", "eager", "one_by_one")
 DENSE_ROWS = ("sdpa_4d_mask", "eager")
@@ -174,11 +176,6 @@ def time_rows(decoder, rows: List[str], lengths: List[int], reps: int, device: s
     return out
 
 
-def _status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
-
-
 def memory_child(case: Dict) -> Dict:
     """In a fresh interpreter: peak RSS of one forward + backward of the case above the RSS before it.
 
@@ -191,22 +188,14 @@ def memory_child(case: Dict) -> Dict:
     dtype = getattr(torch, case["dtype"])
     decoder = build_decoder(case["model"], case.get("model_path"), "cpu", dtype)
     batches = row_batches(decoder, case["row"], case["lengths"], "cpu", dtype)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _status_bytes("VmRSS")
+    base = reset_peak()
     run_once(decoder, case["row"], batches, "cpu")
-    peak = _status_bytes("VmHWM")
+    peak = status_bytes("VmHWM")
     return {"mem_above_model": peak - base, "rss_model": base, "rss_peak": peak}
 
 
 def memory_in_child(case: Dict, timeout: float) -> Dict:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", json.dumps(case)],
-                          capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        why = "killed (out of memory?)" if proc.returncode in (-9, 137) else proc.stderr.strip()[-300:]
-        return {"error": f"memory child rc={proc.returncode}: {why}"}
-    return json.loads(lines[-1])
+    return run_child(os.path.abspath(__file__), case, timeout)
 
 
 def skip_reason(row: str, n: int, history: Dict[str, Dict[int, Dict]], reps: int, skip_s: float,

@@ -25,13 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from child_memory import available_bytes, reset_peak, run_child, status_bytes  # noqa: E402
 
 PATHS = ("full", "fused")
 GIB = 1024 ** 3
@@ -43,22 +45,6 @@ def estimate_bytes(path: str, n: int, vocab: int, hidden: int, chunk: int) -> in
     if path == "full":
         return 12 * n * vocab + 4 * vocab * hidden
     return 8 * min(n, chunk) * vocab + 4 * (n * hidden + 2 * vocab * hidden)
-
-
-def available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-
-
-def _status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
-
-
-def _reset_peak() -> int:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_bytes("VmRSS")
 
 
 def loss_case(case: Dict) -> Dict:
@@ -75,7 +61,7 @@ def loss_case(case: Dict) -> Dict:
     targets = torch.randint(0, v, (n,), generator=g)
     targets[::10] = -100
     items = int((targets != -100).sum())
-    base = _reset_peak()
+    base = reset_peak()
     start = time.perf_counter()
     if case["path"] == "full":
         loss = F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=-100, reduction="sum") / items
@@ -83,7 +69,7 @@ def loss_case(case: Dict) -> Dict:
         loss = linear_cross_entropy(hidden, weight, targets)[0] / items
     loss.backward()
     seconds = time.perf_counter() - start
-    return {"loss": loss.item(), "seconds": seconds, "mem_above_inputs": _status_bytes("VmHWM") - base}
+    return {"loss": loss.item(), "seconds": seconds, "mem_above_inputs": status_bytes("VmHWM") - base}
 
 
 def build_model(case: Dict):
@@ -161,24 +147,18 @@ def step_case(case: Dict) -> Dict:
         model_loss(model, inputs, labels, case["path"]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    base = _reset_peak()
+    base = reset_peak()
     start = time.perf_counter()
     loss = model_loss(model, inputs, labels, case["path"])
     loss.backward()
     optimizer.step()
     seconds = time.perf_counter() - start
-    return {"loss": loss.item(), "seconds": seconds, "mem_above_inputs": _status_bytes("VmHWM") - base,
+    return {"loss": loss.item(), "seconds": seconds, "mem_above_inputs": status_bytes("VmHWM") - base,
             "rss_before_step": base, "params": sum(p.numel() for p in model.parameters())}
 
 
 def in_child(case: Dict, timeout: float = 3600) -> Dict:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", json.dumps(case)],
-                          capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        why = "killed (out of memory?)" if proc.returncode in (-9, 137) else proc.stderr.strip()[-300:]
-        return {"error": f"child rc={proc.returncode}: {why}"}
-    return json.loads(lines[-1])
+    return run_child(os.path.abspath(__file__), case, timeout)
 
 
 def run_cases(kind: str, lengths: List[int], base: Dict, estimate) -> List[Dict]:
