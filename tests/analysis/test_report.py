@@ -243,3 +243,7 @@ def test_bad_inputs_fail_with_the_fix_and_write_nothing(analysis_dir, tmp_path, 
     assert not (tmp_path / "g").exists()
 
 
+
+
+def test_gradient_accumulation_cell():
+    assert (report._ga(8, 2, 2), report._ga(8, 3, 2), report._ga(8, 1, 8)) == ("2", "not integral (8 / (3 x 2))", "1")
