@@ -9,10 +9,9 @@ A packed row of three samples; only the diagonal blocks are computed, nothing el
 Why: with sdpa or eager, transformers turns restarting position ids into a (1, 1, L, L) mask and
 the kernel scores all L^2 pairs. At L = 20,000 that mask alone is 381 MiB as bool and 763 MiB as
 an additive bf16 mask, before any scores; here the extra memory is O(L) (segment boundaries).
-Measured on the tiny decoder, one 16k row, fp32 CPU, forward + backward (docs/benchmarks.md):
-1.47 s and 272 MiB above the model, against 20.9 s / 2,554 MiB on sdpa with the 4-D mask and
-1.45 s / 62 MiB for its 15 samples one by one. The price on the fallback path is one sdpa call
-per segment; the CUDA varlen kernel takes all segments in one call.
+The price on the fallback path is one sdpa call per segment; the CUDA varlen kernel takes all
+segments in one call. Measured time and memory against sdpa with the 4-D mask, eager and the
+samples one by one: docs/benchmarks.md, section "Packed attention (bench/bench_attention.py)".
 
 Semantics are flash-attn's varlen path as transformers' ``_flash_attention_forward`` drives it;
 segments come from the first of these that applies:
