@@ -17,7 +17,7 @@ from swift_plugins.analysis import report
 from swift_plugins.analysis.outputs import zero_stage_of
 from swift_plugins.analysis.memory import MemorySetup, ModelShape, memory_table
 
-from conftest import ANALYSIS_EFF as EFF, ANALYSIS_EPOCHS as EPOCHS, ANALYSIS_LENGTHS as LENGTHS, ANALYSIS_WORLD as WORLD
+from helpers import ANALYSIS_EFF as EFF, ANALYSIS_EPOCHS as EPOCHS, ANALYSIS_LENGTHS as LENGTHS, ANALYSIS_WORLD as WORLD
 
 
 @pytest.fixture(scope="module")

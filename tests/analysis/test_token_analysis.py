@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import ANALYSIS_EFF, ANALYSIS_EPOCHS, ANALYSIS_LENGTHS, ANALYSIS_WORLD
+from helpers import ANALYSIS_EFF, ANALYSIS_EPOCHS, ANALYSIS_LENGTHS, ANALYSIS_WORLD
 from swift_plugins.analysis import token_analysis
 from swift_plugins.data import RecordError
 from swift_plugins.packing import DEFAULT_STRATEGY, STRATEGIES

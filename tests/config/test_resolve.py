@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import BASE, write
+from helpers import BASE, write
 from swift_plugins import config as C
 from swift_plugins.config.schema import CoordTokensSection
 from swift_plugins.data import ConversationOptions

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import detection_swift_rows
+from helpers import detection_swift_rows
 from swift_plugins.families import FAMILIES
 
 TEMPLATE_TYPE = FAMILIES["qwen3_vl"].packing_template

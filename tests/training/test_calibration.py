@@ -8,7 +8,7 @@ import pytest
 
 from PIL import Image
 
-from conftest import msg
+from helpers import msg
 from swift_plugins.data import DEFAULT_PROMPT
 from swift_plugins.lengths import dataset as dataset_mod
 from swift_plugins.training import calibration

@@ -185,7 +185,7 @@ def test_a_zero3_partitioned_frozen_lm_head_is_gathered_and_a_trained_one_refuse
     import subprocess
     import sys
 
-    from conftest import child_environment, free_port
+    from helpers import child_environment, free_port
 
     proc = subprocess.run([sys.executable, "-c", ZERO3, str(free_port())], cwd=repo_root, env=child_environment(),
                           capture_output=True, text=True, timeout=300)
