@@ -202,7 +202,7 @@ def check_flash(model_dir, plan) -> Dict:
     samples = image_samples("cuda", dtype)
     result = {"tolerance": plan["tol"]}
     for boundaries in ("cu_seq_lens", "position_ids"):
-        try:  # transformers 5.17 passes the text cu_seq_lens into the vision tower too: a TypeError there
+        try:  # an exception (e.g. the text row's cu_seq_lens reaching the vision tower) is a failed check
             r = packed_vs_alone(model, samples, "flash_attention_2", boundaries)
             r["ops"] = [op for op in r["ops"] if "flash" in op]
             r["passed"] = max(r["max_abs_diff"]) <= plan["tol"]

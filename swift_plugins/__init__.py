@@ -9,7 +9,7 @@ The data's path, one folder per stage::
     packing/   plan_packs, rank deal, records -> samples -> plan
     training/  everything inside ms-swift / transformers / torch (the only package importing them)
     config/    the typed schema, resolution, CLI, export
-    analysis/  token analysis, simulations, recommendation, report, memory, migration
+    analysis/  token analysis, simulations, recommendation, report + summary, memory, migration
     dev/       tiny model, demo, doc generators (developer tooling)
 
 ``register_plugins()`` is the one registration entry with ms-swift and transformers.

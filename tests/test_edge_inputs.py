@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, make_lvis_jsonl, save_corrupt_png
+from helpers import REPO, make_lvis_jsonl, save_corrupt_png
 from swift_plugins import sft
 from swift_plugins.analysis import migrate, report, token_analysis
 from swift_plugins.analysis.folder import MANIFEST

@@ -128,6 +128,28 @@ def test_tests_mirror_the_package():
     assert all(name in MODULES for name in UNMIRRORED)
 
 
+# Test modules that still import helpers from conftest.py: changed on another branch, switched when merged.
+CONFTEST_IMPORTERS = {"tests/e2e/test_deepspeed.py"}
+
+
+def test_tests_hold_test_modules_fixtures_in_conftest_and_helpers_in_one_module():
+    """tests/ holds test_*.py, conftest.py (fixtures and pytest hooks only) and helpers.py (the plain
+    helpers and constants the tests share, ``from helpers import ...``); nothing imports from conftest."""
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("*.py"))
+    assert [f for f in files if not pathlib.Path(f).name.startswith("test_")] == ["tests/conftest.py",
+                                                                                   "tests/helpers.py"]
+    conftest = ast.parse((REPO / "tests" / "conftest.py").read_text())
+    functions = [n for n in conftest.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    not_fixtures = [n.name for n in functions if not n.name.startswith("pytest_")
+                    and not any("fixture" in ast.unparse(d) for d in n.decorator_list)]
+    assert len(functions) > 5 and not_fixtures == [], "plain helpers belong in tests/helpers.py"
+    importers = sorted(f for f in files for node in ast.walk(ast.parse((REPO / f).read_text()))
+                       if isinstance(node, (ast.Import, ast.ImportFrom))
+                       and "conftest" in ([a.name for a in node.names] if isinstance(node, ast.Import)
+                                          else [node.module]))
+    assert set(importers) == CONFTEST_IMPORTERS, "import shared helpers from helpers, not conftest"
+
+
 def test_no_module_over_about_500_lines():
     long = {str(p.relative_to(REPO)): n for p in MODULES.values() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import GOOD, make_lvis_jsonl, run
+from helpers import GOOD, make_lvis_jsonl, run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PY = sys.executable

@@ -5,7 +5,7 @@ import pathlib
 import sys
 
 
-from conftest import run
+from helpers import run
 from swift_plugins import config as C
 from swift_plugins.sft import launch_issues
 

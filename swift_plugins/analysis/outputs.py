@@ -32,9 +32,9 @@ from swift_plugins.errors import UserError
 
 __all__ = [
     "ANALYZE_HINT", "Analysis", "REQUIRED_FILES", "SAMPLE_STATS_COLUMNS", "TrainingSetup", "ceil_steps",
-    "find_simulation", "fmt_int", "fmt_num", "fmt_pct", "fmt_val", "load_analysis", "padding_overhead",
-    "padding_rows", "read_sample_stats", "setup_from_analysis", "setup_from_config", "total_steps", "variant_text",
-    "zero_stage_of",
+    "find_simulation", "fmt_int", "fmt_num", "fmt_pct", "fmt_val", "load_analysis", "md_table", "padding_overhead",
+    "padding_rows", "read_sample_stats", "setup_from_analysis", "setup_from_config", "setup_lines", "total_steps",
+    "variant_text", "zero_stage_of",
 ]
 
 REQUIRED_FILES = ("dataset_stats.json", "sample_stats.jsonl", "packing_simulations.json", "recommendations.json")
@@ -351,3 +351,27 @@ def fmt_val(x: float) -> str:
     return fmt_int(x) if float(x).is_integer() else fmt_num(x)
 
 
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A Markdown table; ``|`` inside a cell is escaped.
+
+    >>> print(md_table(("a", "b"), [[1, "x|y"]]))
+    | a | b |
+    |---|---|
+    | 1 | x\\|y |
+    """
+    def cell(x):
+        return str(x).replace("|", "\\|")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def setup_lines(setup: TrainingSetup) -> list[str]:
+    """The two Markdown bullets naming a report's training setup (where from; world, batches, epochs)."""
+    return [f"- Training setup from: {setup.source}",
+            f"- world_size {setup.world_size}, effective_batch_size {setup.effective_batch_size}, padding "
+            f"per-device batch {setup.padding_batch_size} ({setup.padding_batch_source}), packing per-device "
+            f"batch 1, num_train_epochs "
+            f"{setup.num_train_epochs:g}" + (f", max_steps {setup.max_steps}" if setup.max_steps else "")]

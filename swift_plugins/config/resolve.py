@@ -384,8 +384,27 @@ def resolve_config(path: str, overrides: Sequence[Tuple[str, Sequence[str]]] = (
     swift: Merged = {}
     for layer in chain:
         _merge_layer(layer, layer[1], (), merged, swift, issues)
-
     bad: set = set()
+    _apply_overrides(overrides, merged, swift, issues, bad)
+    values, sources, where = _leaf_values(merged, top, issues, bad)
+    values[("swift",)] = {name: raw for (_, name), (raw, _, _) in swift.items()}
+    for (_, name), (_, label, _) in swift.items():
+        sources[f"swift.{name}"] = label
+
+    flat = {".".join(p): v for p, v in values.items()}
+    more, gas, gas_source = _cross_checks(flat, where, bad, top, world_size, swift)
+    issues += more
+    if issues:
+        raise ConfigError(issues)
+    return ResolvedConfig(config=_build(Config, values), sources=sources, files=tuple(layer[0] for layer in chain),
+                          world_size=world_size, world_size_source=world_size_source,
+                          gradient_accumulation_steps=gas, gradient_accumulation_source=gas_source, where=where)
+
+
+def _apply_overrides(overrides: Sequence[Tuple[str, Sequence[str]]], merged: Merged, swift: Merged,
+                     issues: List[Issue], bad: set) -> None:
+    """Command-line ``--a.b value`` over the merged files: into ``merged`` / ``swift`` (label
+    ``command line``); an unknown key, a section or a bad value becomes an issue (the key in ``bad``)."""
     cli = "command line"
     for dotted, tokens in overrides:
         parts = tuple(dotted.split("."))
@@ -408,6 +427,11 @@ def resolve_config(path: str, overrides: Sequence[Tuple[str, Sequence[str]]] = (
             continue
         merged[parts] = (value, cli, cli)
 
+
+def _leaf_values(merged: Merged, top: str, issues: List[Issue],
+                 bad: set) -> Tuple[Dict[Tuple[str, ...], Any], Dict[str, str], Dict[str, str]]:
+    """Every schema leaf's value (checked, in range; else the default and an issue), where it came
+    from (``sources``: file label or ``default``) and where it was set (``where``: label:line)."""
     values: Dict[Tuple[str, ...], Any] = {}
     sources: Dict[str, str] = {}
     where: Dict[str, str] = {}  # dotted key -> label:line, for the issues
@@ -432,18 +456,7 @@ def resolve_config(path: str, overrides: Sequence[Tuple[str, Sequence[str]]] = (
                 issues.append(Issue(top, leaf.dotted, "required, not set"))
                 bad.add(leaf.dotted)
         values[leaf.path] = value
-    values[("swift",)] = {name: raw for (_, name), (raw, _, _) in swift.items()}
-    for (_, name), (_, label, _) in swift.items():
-        sources[f"swift.{name}"] = label
-
-    flat = {".".join(p): v for p, v in values.items()}
-    more, gas, gas_source = _cross_checks(flat, where, bad, top, world_size, swift)
-    issues += more
-    if issues:
-        raise ConfigError(issues)
-    return ResolvedConfig(config=_build(Config, values), sources=sources, files=tuple(layer[0] for layer in chain),
-                          world_size=world_size, world_size_source=world_size_source,
-                          gradient_accumulation_steps=gas, gradient_accumulation_source=gas_source, where=where)
+    return values, sources, where
 
 
 def _swift_token_value(tokens: Sequence[str]) -> Any:

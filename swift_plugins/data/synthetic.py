@@ -5,7 +5,8 @@ through :func:`swift_plugins.data.image_size.smart_resize` (factor 32, <= 786,43
 3-20 points, some objects are ``bbox_2d``. Objects per record are heavy-tailed like LVIS (seed
 notes: 99,388 records, median 9, mean ~16.6): ``max(1, round(lognormal(ln 9, 1.11)))`` capped at
 1,200. Measured on the default synthetic set (seed 0, 99,388 records): median 9, mean 16.748,
-max 893, 1,513 records with 100+ objects; 20% bbox_2d, 8.95 points per polygon; 8 s, 146 MB.
+max 893, 1,513 records with 100+ objects; 20% bbox_2d, 8.95 points per polygon (the file's size:
+public_data/README.md).
 
 - :func:`make_sample` -> ``public_data/lvis/sample/``: 200 train + 40 val records with real JPEGs
   whose shapes are the objects (desc = "<color> <shape>"), plus awkward sizes (64x64, 32x2048,

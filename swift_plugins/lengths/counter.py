@@ -107,7 +107,7 @@ class LengthCounter:
             self._tok = Tokenizer.from_str(self._tok.to_str())
             self._tok.no_truncation()
             self._tok.no_padding()
-        # encode_batch_fast (tokenizers >= 0.21): the same ids without character offsets, ~25% faster
+        # encode_batch_fast (tokenizers >= 0.21): the same ids without computing character offsets (unused here)
         encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
         return encode(list(texts), add_special_tokens=False)
 

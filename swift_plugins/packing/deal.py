@@ -7,7 +7,7 @@ sample's squared length), so dealing them in plan order makes ranks wait::
     naive    (p % ranks):       step 1 = (9, 1), step 2 = (8, 2)  -> max 9 + 8 = 17 for mean 10: 1.7
     balanced (sort in window):  step 1 = (9, 8), step 2 = (2, 1)  -> max 9 + 2 = 11 for mean 10: 1.1
 
-Pure numpy. See :func:`deal_packs` for the rule and measured numbers.
+Pure numpy. See :func:`deal_packs` for the rule (measured imbalance: docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -93,9 +93,10 @@ def deal_packs(plan_or_packs, lengths, world_size: int, *, per_device_batch_size
     order [9, 1, 8, 2]: naive steps (9,1) (8,2) -> per-step max 9+8=17 for mean 5+5=10
     (imbalance 1.7); balanced (window 2): (9,8) (2,1) -> max 9+2=11 (imbalance 1.1).
 
-    Measured (bench/bench_packing.py, LVIS-like, max_length 20000, world_size 4): imbalance
-    naive 1.0639, window_steps 4 / 8 / 32: 1.0244 / 1.0139 / 1.0045; the default 8 removes
-    ~80% of the waiting while keeping packs within 8 steps of their shuffled place.
+    The default window of 8 steps keeps packs within 8 steps of their shuffled place; the
+    imbalance it leaves against the naive deal and other windows (bench/bench_packing.py,
+    LVIS-like, max_length 20000, world_size 4): docs/benchmarks.md, section "Packing planner",
+    "max_length 20000", the deal balance table.
     "Step" is one micro-batch: the unit at which ranks synchronise under ZeRO or plain DDP
     without ``no_sync``; with gradient accumulation under ``no_sync`` ranks only wait at the
     optimizer step, and balancing micro-steps balances those sums too.

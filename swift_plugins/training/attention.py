@@ -9,10 +9,9 @@ A packed row of three samples; only the diagonal blocks are computed, nothing el
 Why: with sdpa or eager, transformers turns restarting position ids into a (1, 1, L, L) mask and
 the kernel scores all L^2 pairs. At L = 20,000 that mask alone is 381 MiB as bool and 763 MiB as
 an additive bf16 mask, before any scores; here the extra memory is O(L) (segment boundaries).
-Measured on the tiny decoder, one 16k row, fp32 CPU, forward + backward (docs/benchmarks.md):
-1.47 s and 272 MiB above the model, against 20.9 s / 2,554 MiB on sdpa with the 4-D mask and
-1.45 s / 62 MiB for its 15 samples one by one. The price on the fallback path is one sdpa call
-per segment; the CUDA varlen kernel takes all segments in one call.
+The price on the fallback path is one sdpa call per segment; the CUDA varlen kernel takes all
+segments in one call. Measured time and memory against sdpa with the 4-D mask, eager and the
+samples one by one: docs/benchmarks.md, section "Packed attention (bench/bench_attention.py)".
 
 Semantics are flash-attn's varlen path as transformers' ``_flash_attention_forward`` drives it;
 segments come from the first of these that applies:
@@ -24,9 +23,10 @@ segments come from the first of these that applies:
 
 Causal unless the caller says ``is_causal=False`` or the module has ``is_causal = False``
 (Qwen3-VL's vision blocks: one call per image, non-causal); a query block shorter than its key
-block is aligned bottom-right, as flash-attn does. (transformers 5.17 also hands the vision calls
-the text row's ``cu_seq_lens``; a non-causal call ignores boundaries that do not end at its own
-token count, a causal one raises.) Grouped-query heads, the module's ``scaling`` and dropout (only
+block is aligned bottom-right, as flash-attn does. Boundaries that do not end at the call's token
+count are refused, causal or not: transformers 5.19 keeps the text row's ``cu_seq_lens`` out of the
+vision tower (``accepts_precomputed_kwargs`` on every family's ``get_image_features`` drops them),
+so a vision call only gets its own. Grouped-query heads, the module's ``scaling`` and dropout (only
 while ``module.training``, per segment, sdpa's ``dropout_p``) are honoured. The output has
 sdpa_attention_forward's layout: (batch, seq, heads, head_dim), no attention weights.
 
@@ -235,11 +235,6 @@ def _varlen_kernel(q, k, v, seg: Segments, causal: bool, scale: float, kernel: O
     return kernel(q.contiguous(), k.contiguous(), v.contiguous(), cu_q, cu_k, max_q, max_k, **call.kwargs)
 
 
-def _foreign(cu: Optional[torch.Tensor], total: int) -> bool:
-    """Boundaries that do not end at this call's token count describe some other sequence."""
-    return cu is not None and int(cu[-1]) != total
-
-
 def varlen_attention_forward(module: Optional[torch.nn.Module], query: torch.Tensor, key: torch.Tensor,
                              value: torch.Tensor, attention_mask: Optional[torch.Tensor], dropout: float = 0.0,
                              scaling: Optional[float] = None, is_causal: Optional[bool] = None,
@@ -262,10 +257,6 @@ def varlen_attention_forward(module: Optional[torch.nn.Module], query: torch.Ten
     causal = requested_causal and len_q > 1  # one query attends to every key (flash-attn: bottom-right)
     dropout = float(dropout) if module is not None and module.training else 0.0
     scale = float(scaling) if scaling is not None else head_dim ** -0.5
-    if not requested_causal and _foreign(cu_seq_lens_q, batch * len_q) and _foreign(cu_seq_lens_k, batch * len_k):
-        # transformers 5.17 hands Qwen3-VL's vision tower the text row's cu_seq_lens (5.19 drops them);
-        # its non-flash path calls once per image, so this call is one segment. Causal calls still raise.
-        cu_seq_lens_q = cu_seq_lens_k = None
     seg = find_segments(batch, len_q, len_k, attention_mask, cu_seq_lens_q, cu_seq_lens_k, position_ids)
 
     kernel = choose_kernel(query.device.type, query.dtype, dropout=dropout, head_dim=head_dim,

@@ -167,12 +167,22 @@ def chat_frame(template, counter: LengthCounter) -> ChatFrame:
     heads ``"system\n"`` / ``"user\n"`` / ``"assistant\n"``, losses (0, 1, 1) and constants
     first_turn 8, next_turn 8, system 3, per_image 2.
     """
-    from PIL import Image
-    from swift.loss_scale import LossScale
-    from swift.template.template_inputs import StdTemplateInputs
-
     meta = template.template_meta
-    problems = [what for bad, what in [
+    problems = _layout_problems(template)
+    if problems:
+        raise ChatLayoutError(f"template {meta.template_type}: " + "; ".join(problems))
+    frame = _read_frame(template)
+    rest = [_fast_rest(template, counter, frame, probe) for probe in CHAT_PROBES[:4]]
+    frame = dataclasses.replace(frame, first_turn=rest[0], system=rest[1] - rest[0], next_turn=rest[2] - rest[0],
+                                per_image=rest[3] - rest[0])
+    _check_probes(template, counter, frame)
+    return frame
+
+
+def _layout_problems(template) -> list[str]:
+    """The settings under which the template's layout is not the one :class:`ChatFrame` models (empty: none)."""
+    meta = template.template_meta
+    return [what for bad, what in [
         (not template.use_chat_template, "use_chat_template is off"),
         (template.template_backend != "swift", f"template_backend is {template.template_backend!r}"),
         (bool(meta.is_post_system), "the system prompt goes after the query (is_post_system)"),
@@ -185,8 +195,15 @@ def chat_frame(template, counter: LengthCounter) -> ChatFrame:
          f"loss_scale {template._loss_scale!r} may split responses"),
         (meta.system_prefix is None, "the template has no system prompt"),
     ] if bad]
-    if problems:
-        raise ChatLayoutError(f"template {meta.template_type}: " + "; ".join(problems))
+
+
+def _read_frame(template) -> ChatFrame:
+    """The frame's texts, heads and losses read off the template (its constants still 0); ``ChatLayoutError``
+    where a piece does not start (the image string: end) with an added token, so it would merge with content."""
+    from PIL import Image
+    from swift.template.template_inputs import StdTemplateInputs
+
+    meta = template.template_meta
     pieces = {name: _text(getattr(meta, name), name) for name in ("prefix", "system_prefix", "prompt", "chat_sep",
                                                                    "suffix")}
     probe_inputs = StdTemplateInputs(messages=[], images=[Image.new("RGB", CALIBRATION_IMAGE, (127, 127, 127))])
@@ -204,24 +221,26 @@ def chat_frame(template, counter: LengthCounter) -> ChatFrame:
         raise ChatLayoutError(f"template {meta.template_type}: no added token starts {', '.join(not_cut)}, so "
                               "the text next to it would tokenize together with the content")
     frame_loss, history_loss, last_loss = LOSS_LAYOUTS[template.loss_scale.base_strategy]
-    frame = ChatFrame(**pieces, image=image, image_pad=image_pad, default_system=meta.default_system,
-                      frame_loss=frame_loss, history_loss=history_loss, last_loss=last_loss,
-                      system_head=_head(system_before, added), user_head=_head(query_before, added),
-                      assistant_head=_head(query_after, added), trim=_trims_contents(template),
-                      response_prefix=(meta.non_thinking_prefix or "") if template.add_non_thinking_prefix else "",
-                      zero_loss_heads=_zero_loss_heads(template.loss_scale))
-    rest = [_fast_rest(template, counter, frame, probe) for probe in CHAT_PROBES[:4]]
-    frame = dataclasses.replace(frame, first_turn=rest[0], system=rest[1] - rest[0], next_turn=rest[2] - rest[0],
-                                per_image=rest[3] - rest[0])
+    return ChatFrame(**pieces, image=image, image_pad=image_pad, default_system=meta.default_system,
+                     frame_loss=frame_loss, history_loss=history_loss, last_loss=last_loss,
+                     system_head=_head(system_before, added), user_head=_head(query_before, added),
+                     assistant_head=_head(query_after, added), trim=_trims_contents(template),
+                     response_prefix=(meta.non_thinking_prefix or "") if template.add_non_thinking_prefix else "",
+                     zero_loss_heads=_zero_loss_heads(template.loss_scale))
+
+
+def _check_probes(template, counter: LengthCounter, frame: ChatFrame) -> None:
+    """Both counts of ``frame`` equal ``template.encode`` on every calibration conversation (the
+    thinking ones too where the template trims or prefixes), else ``ChatLayoutError`` naming it."""
     check = LengthCounter(template.processor.tokenizer.backend_tokenizer, counter.rule, chat=frame)
     for probe in CHAT_PROBES + (THINK_PROBES if frame.trim or frame.response_prefix else ()):
         total, n = _encoded(template, counter, probe)
         sizes = [CALIBRATION_IMAGE] * n
         fast, exact = check.count_messages(probe, sizes), check.count_messages_exact(probe, sizes)
         if not fast.total_tokens == exact.total_tokens == total:
-            raise ChatLayoutError(f"template {meta.template_type}: calibration conversation {list(probe)} encodes to "
-                                  f"{total} tokens, counted {fast.total_tokens} (fast) / {exact.total_tokens} (exact)")
-    return frame
+            raise ChatLayoutError(f"template {template.template_meta.template_type}: calibration conversation "
+                                  f"{list(probe)} encodes to {total} tokens, counted {fast.total_tokens} (fast) / "
+                                  f"{exact.total_tokens} (exact)")
 
 
 def _zero_loss_heads(loss_scale) -> Optional[tuple]:

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from conftest import GOOD, msg, save_image, with_, write_lines
+from helpers import GOOD, msg, save_image, with_, write_lines
 from swift_plugins.analysis.counting import count_files, file_rows, split_files
 from swift_plugins.data import swift_row
 from swift_plugins.data.conversation import ConversationOptions

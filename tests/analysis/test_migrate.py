@@ -12,7 +12,7 @@ import pytest
 
 from swift_plugins.packing import DEFAULT_STRATEGY
 
-from conftest import ANALYSIS_EFF as EFF, ANALYSIS_LENGTHS as LENGTHS, ANALYSIS_WORLD as WORLD
+from helpers import ANALYSIS_EFF as EFF, ANALYSIS_LENGTHS as LENGTHS, ANALYSIS_WORLD as WORLD
 from swift_plugins.analysis import migrate
 from swift_plugins.config import ConfigError, resolve_config
 

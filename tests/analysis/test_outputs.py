@@ -80,3 +80,16 @@ def test_read_sample_stats_exact_rows_and_errors(tmp_path):
         with pytest.raises(UserError) as e:
             outputs.read_sample_stats(str(path))
         assert str(e.value).startswith(f"{path}:2: {message}") and outputs.ANALYZE_HINT in str(e.value)
+
+
+def test_md_table_escapes_bars_and_setup_lines_name_the_setup():
+    assert outputs.md_table(("a", "b"), [[1, "x|y"], ["", 2.5]]) == "| a | b |\n|---|---|\n| 1 | x\\|y |\n|  | 2.5 |"
+    setup = outputs.TrainingSetup(
+        world_size=4, effective_batch_size=32, padding_batch_size=2, num_train_epochs=1.5, max_steps=None,
+        padding_max_length=None, truncation_strategy="delete", global_max_length=8000, packing_strategy="bfd",
+        packing_buffer=None, min_fill_ratio=0.0, drop_last=False, packing_overlong="split",
+        memory=outputs.MemorySetup(), model_path=None, shuffle_seed=0, source="`c.yaml`", padding_batch_source="c.yaml")
+    assert outputs.setup_lines(setup) == [
+        "- Training setup from: `c.yaml`",
+        "- world_size 4, effective_batch_size 32, padding per-device batch 2 (c.yaml), packing per-device batch 1, "
+        "num_train_epochs 1.5"]

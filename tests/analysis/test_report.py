@@ -17,7 +17,7 @@ from swift_plugins.analysis import report
 from swift_plugins.analysis.outputs import zero_stage_of
 from swift_plugins.analysis.memory import MemorySetup, ModelShape, memory_table
 
-from conftest import ANALYSIS_EFF as EFF, ANALYSIS_EPOCHS as EPOCHS, ANALYSIS_LENGTHS as LENGTHS, ANALYSIS_WORLD as WORLD
+from helpers import ANALYSIS_EFF as EFF, ANALYSIS_EPOCHS as EPOCHS, ANALYSIS_LENGTHS as LENGTHS, ANALYSIS_WORLD as WORLD
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +243,7 @@ def test_bad_inputs_fail_with_the_fix_and_write_nothing(analysis_dir, tmp_path, 
     assert not (tmp_path / "g").exists()
 
 
+
+
+def test_gradient_accumulation_cell():
+    assert (report._ga(8, 2, 2), report._ga(8, 3, 2), report._ga(8, 1, 8)) == ("2", "not integral (8 / (3 x 2))", "1")

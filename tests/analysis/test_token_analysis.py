@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import ANALYSIS_EFF, ANALYSIS_EPOCHS, ANALYSIS_LENGTHS, ANALYSIS_WORLD
+from helpers import ANALYSIS_EFF, ANALYSIS_EPOCHS, ANALYSIS_LENGTHS, ANALYSIS_WORLD
 from swift_plugins.analysis import token_analysis
 from swift_plugins.data import RecordError
 from swift_plugins.packing import DEFAULT_STRATEGY, STRATEGIES
@@ -148,6 +148,8 @@ def test_several_files_of_both_kinds_give_per_file_rows_and_one_simulation(tiny_
     naming its file and kind, per-file rows add up to the totals, the report shows them, and
     overlong messages rows are lost (not split) in the split simulation."""
     from swift_plugins.analysis import report
+    from swift_plugins.analysis.outputs import fmt_val, load_analysis, setup_from_analysis
+    from swift_plugins.analysis.summary import summary_md
 
     messages = repo_root / "public_data" / "messages" / "sample" / "train.jsonl"
     out = tmp_path / "out"
@@ -174,10 +176,12 @@ def test_several_files_of_both_kinds_give_per_file_rows_and_one_simulation(tiny_
     over_lvis = sum(1 for r in rows[:30] if r["total_tokens"] > 900)
     assert over_messages == 1 and over_lvis > 0 and split["records_split"] == over_lvis - split["records_lost"] + over_messages
     assert split["records_lost"] >= over_messages
-    summary = report.summary_md(report.load_analysis(str(out)), report.setup_from_analysis(report.load_analysis(str(out))),
-                                figures_rel="figures", est={"rows": []})
+    analysis = load_analysis(str(out))
+    setup = setup_from_analysis(analysis)
+    summary = summary_md(analysis, setup, report.comparison_rows(analysis, setup), figures_rel="figures",
+                         est={"rows": []})
     assert "### Per file" in summary
-    assert f"| `{messages}` | 30 | 0 | 30 | 0 | 30 | {report.fmt_val(msgs['mean_total_tokens'])} |" in summary
+    assert f"| `{messages}` | 30 | 0 | 30 | 0 | 30 | {fmt_val(msgs['mean_total_tokens'])} |" in summary
     assert f"- Dataset: `{sample_dir / 'train.jsonl'}` + `{messages}`, 60 samples" in summary
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import BASE, write
+from helpers import BASE, write
 from swift_plugins import config as C
 from swift_plugins.config.schema import CoordTokensSection
 from swift_plugins.data import ConversationOptions
@@ -318,3 +318,39 @@ def test_a_duplicate_key_is_refused_with_file_line_and_key(cfg, tmp_path):
         "d.yaml:7: custom: duplicate key (also at line 6); YAML would silently keep the last one: keep one"]
     write(tmp_path, "child.yaml", "extends: d.yaml\n")
     assert issues("child.yaml")[0].startswith("d.yaml:5: training.learning_rate: duplicate key")
+
+
+# ----------------------------------------------------------------------------- the steps of resolve_config
+def test_overrides_step_replaces_refuses_and_collects_swift_keys():
+    from swift_plugins.config import resolve
+
+    merged = {("training", "learning_rate"): (0.1, "a.yaml", "a.yaml:3")}
+    swift, found, bad = {}, [], set()
+    resolve._apply_overrides([("training.learning_rate", ["x"]), ("swift.foo", ["1"]), ("swift.bar", ["a", "b"]),
+                              ("training", ["1"]), ("training.nope", ["1"]), ("training.num_train_epochs", ["3"])],
+                             merged, swift, found, bad)
+    cli = "command line"
+    assert merged == {("training", "num_train_epochs"): (3.0, cli, cli)}  # the bad value dropped the file's too
+    assert swift == {("swift", "foo"): (1, cli, cli), ("swift", "bar"): (["a", "b"], cli, cli)}
+    messages = [str(i) for i in found]
+    assert messages[0] == "command line: training.learning_rate: expected float, got 'x'"
+    assert messages[1].startswith("command line: training: is a section; set one of its keys: --training.optimizer, "
+                                  "--training.learning_rate, ")
+    assert messages[2:] == ["command line: training.nope: unknown key"] and bad == {"training.learning_rate"}
+
+
+def test_leaf_values_step_checks_ranges_and_requirements_and_names_sources():
+    from swift_plugins.config import resolve
+
+    found, bad = [], set()
+    values, sources, where = resolve._leaf_values(
+        {("training", "num_train_epochs"): (3.0, "command line", "command line"),
+         ("training", "learning_rate"): (-1, "a.yaml", "a.yaml:3")}, "top.yaml", found, bad)
+    assert [str(i) for i in found] == ["top.yaml: model.model: required, not set",
+                                       "a.yaml:3: training.learning_rate: must be > 0, got -1",
+                                       "top.yaml: custom.train_jsonl: required, not set"]
+    assert bad == {"model.model", "custom.train_jsonl", "training.learning_rate"}
+    assert (values[("training", "num_train_epochs")], values[("training", "learning_rate")]) == (3.0, None)
+    assert (sources["training.num_train_epochs"], sources["training.learning_rate"], sources["training.seed"]) == (
+        "command line", "a.yaml", "default")
+    assert where == {"training.learning_rate": "a.yaml:3", "training.num_train_epochs": "command line"}

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import GOOD, first_error, msg, save_image, write_lines
+from helpers import GOOD, first_error, msg, save_image, write_lines
 from swift_plugins.data import (RECORD_FORMATS, RecordError, image_paths, iter_records, messages_to_swift_row,
                                 record_kind, swift_row, to_swift_row, validate_record)
 

@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from conftest import save_corrupt_png, save_image
+from helpers import save_corrupt_png, save_image
 from swift_plugins.data.problems import (OptionNotImplementedError, Problem, RecordError, image_header_size,
                                          json_type, show_value)
 from swift_plugins.errors import UserError

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import GOOD, with_, write_lines
+from helpers import GOOD, with_, write_lines
 from swift_plugins.data import RecordError, iter_records, skipped_record
 
 def test_raise_stops_at_first_bad_record_after_yielding_earlier_ones(folder):

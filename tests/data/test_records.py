@@ -4,7 +4,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import GOOD, first_error, obj, with_, write_lines
+from helpers import GOOD, first_error, obj, with_, write_lines
 from swift_plugins.data import RecordError, iter_records
 
 # One case per kind: (record line, kind, field, message)

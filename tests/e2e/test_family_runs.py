@@ -22,7 +22,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, awkward_messages_records, child_environment, free_port, read_jsonl, run
+from helpers import REPO, awkward_messages_records, child_environment, free_port, read_jsonl, run
 from swift_plugins.analysis import migrate, report, token_analysis
 from swift_plugins.data import swift_row
 from swift_plugins.families import FAMILIES

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import make_lvis_jsonl, read_jsonl, run, tiny_overrides
+from helpers import make_lvis_jsonl, read_jsonl, run, tiny_overrides
 
 PY = sys.executable
 
@@ -47,7 +47,7 @@ def test_zero3_packed_on_gpus_with_mixed_text_and_image_packs(tiny_model_dir, tm
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     pytest.importorskip("deepspeed")
-    from conftest import free_port
+    from helpers import free_port
     from test_deepspeed import ROWS, readme_launch, run_args, save_image
 
     env = {k: v for k, v in subprocess_env.items() if k != "CUDA_VISIBLE_DEVICES"}

@@ -20,7 +20,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import child_environment, free_port, make_lvis_jsonl, msg, read_jsonl, run, save_image
+from helpers import child_environment, free_port, make_lvis_jsonl, msg, read_jsonl, run, save_image
 from swift_plugins.packing.samples import epoch_order
 
 pytestmark = pytest.mark.e2e

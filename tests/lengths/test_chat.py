@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from conftest import msg
+from helpers import msg
 from swift_plugins.lengths.chat import ChatFrame, content_pieces, frame_tokens, render_segments, split_turns
 
 V = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import GOOD, awkward_messages_records, msg, save_corrupt_png, save_image, write_lines
+from helpers import GOOD, awkward_messages_records, msg, save_corrupt_png, save_image, write_lines
 from swift_plugins.data import RecordError, iter_records, record_kind, swift_row
 from swift_plugins.lengths import KIND_CODES, LengthCounter, count_dataset, messages_record_length
 from swift_plugins.lengths import dataset as dataset_mod

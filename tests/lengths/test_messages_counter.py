@@ -12,7 +12,7 @@ import pickle
 
 import pytest
 
-from conftest import awkward_messages_records, msg
+from helpers import awkward_messages_records, msg
 from swift_plugins.data import iter_records, messages_image_sizes, messages_to_swift_row
 from swift_plugins.lengths import LengthCounter, SampleLength
 from swift_plugins.lengths.chat import render_segments

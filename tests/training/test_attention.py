@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import detection_swift_rows
+from helpers import detection_swift_rows
 from swift_plugins.families import FAMILIES
 
 TEMPLATE_TYPE = FAMILIES["qwen3_vl"].packing_template
@@ -107,13 +107,14 @@ def test_bad_boundaries_and_dense_masks_are_refused():
         varlen_attention_forward(Attn(), q, k, v, None, position_ids=torch.zeros(3, 1, 8, dtype=torch.long))
 
 
-def test_text_boundaries_leaked_into_a_vision_call_are_ignored_there_only():
-    """transformers 5.17 forwards the text row's cu_seq_lens into Qwen3-VL's per-image vision calls."""
+def test_boundaries_of_another_sequence_are_refused_causal_or_not():
+    """Text-row boundaries in a (non-causal) vision call are an error, not ignored: transformers 5.19
+    never passes them there (test_packed_logits_equal_each_sample_alone checks the vision calls)."""
     q, k, v = qkv(6, heads_k=4)
     text_cu = torch.tensor([0, 25, 52, 80, 104], dtype=torch.int32)
-    out, _ = varlen_attention_forward(Attn(False), q, k, v, None, is_causal=False, cu_seq_lens_q=text_cu,
-                                      cu_seq_lens_k=text_cu)
-    torch.testing.assert_close(out, reference(q, k, v, [0, 6], [0, 6], False, 8 ** -0.5), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="rise from 0 to the 6 tokens"):
+        varlen_attention_forward(Attn(False), q, k, v, None, is_causal=False, cu_seq_lens_q=text_cu,
+                                 cu_seq_lens_k=text_cu)
     with pytest.raises(ValueError, match="rise from 0 to the 6 tokens"):
         varlen_attention_forward(Attn(True), q, k, v, None, cu_seq_lens_q=text_cu, cu_seq_lens_k=text_cu)
     with pytest.raises(ValueError, match="rise from 0 to the 1 tokens"):  # a causal layer decoding one token too
@@ -288,11 +289,16 @@ def test_packed_logits_equal_each_sample_alone(encoded, boundaries):
         lambda m, a, kw: seen.append((kw.get("attention_mask"), sorted(k for k in kw if k.startswith("cu_seq")))),
         with_kwargs=True)
     visual = model.model.visual.blocks[1].register_forward_hook(lambda m, a, out: seen.append(("deepstack", out)))
+    vision_keys = []  # what reaches the vision attention: its own cu_seqlens only, never the text row's
+    vision = model.model.visual.blocks[0].attn.register_forward_pre_hook(
+        lambda m, a, kw: vision_keys.append(sorted(k for k in kw if "cu_seq" in k)), with_kwargs=True)
     try:
         diffs = _packed_minus_alone(model, template, samples, boundaries)
     finally:
         hook.remove()
         visual.remove()
+        vision.remove()
+    assert vision_keys and all(keys == ["cu_seqlens"] for keys in vision_keys), vision_keys
     assert max(diffs) <= 1e-4, diffs
     assert model.model.visual.deepstack_visual_indexes == [1]  # block 1 feeds DeepStack, and it ran
     assert any(s[0] == "deepstack" for s in seen)

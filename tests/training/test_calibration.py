@@ -8,7 +8,7 @@ import pytest
 
 from PIL import Image
 
-from conftest import msg
+from helpers import msg
 from swift_plugins.data import DEFAULT_PROMPT
 from swift_plugins.lengths import dataset as dataset_mod
 from swift_plugins.training import calibration
@@ -125,3 +125,15 @@ def test_a_qwen2_5_vl_checkpoint_gets_its_template_and_default_system(tiny_famil
     for conv in conversations:
         encoded = template.encode({"messages": conv, "images": [PIL_IMAGE, PIL_IMAGE]})["input_ids"]
         assert counter.count_messages(conv, [(64, 64)] * 2).total_tokens == len(encoded), conv[0]
+
+
+def test_layout_problems_lists_every_unsupported_setting_at_once(tiny_template):
+    assert calibration._layout_problems(tiny_template) == []
+    template = copy.copy(tiny_template)
+    template.template_meta = copy.deepcopy(tiny_template.template_meta)
+    template.use_chat_template, template.template_backend = False, "jinja"
+    template.template_meta.auto_add_bos, template.template_meta.support_multi_round = True, False
+    template.template_meta.system_prefix = None
+    assert calibration._layout_problems(template) == [
+        "use_chat_template is off", "template_backend is 'jinja'", "a BOS token is added (auto_add_bos)",
+        "the template keeps only the last round", "the template has no system prompt"]

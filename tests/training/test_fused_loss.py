@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import child_environment, make_lvis_jsonl, read_jsonl, run
+from helpers import child_environment, make_lvis_jsonl, read_jsonl, run
 from swift_plugins.errors import UserError
 from swift_plugins.names import FUSED_LOSS
 from swift_plugins.training.fused_loss import loss_path_line, output_layer

@@ -12,7 +12,7 @@ import torch
 from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
 from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeGatedDeltaNet
 
-from conftest import REPO, child_environment
+from helpers import REPO, child_environment
 from swift_plugins.dev.hybrid_decoder import VOCAB, build
 from swift_plugins.errors import UserError
 from swift_plugins.training import attention

@@ -208,7 +208,7 @@ def test_a_zero3_partitioned_lm_head_is_gathered_and_a_trained_one_gets_its_grad
     import subprocess
     import sys
 
-    from conftest import child_environment, free_port
+    from helpers import child_environment, free_port
 
     proc = subprocess.run([sys.executable, "-c", ZERO3, str(free_port())], cwd=repo_root, env=child_environment(),
                           capture_output=True, text=True, timeout=300)

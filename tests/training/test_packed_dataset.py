@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import awkward_messages_records
+from helpers import awkward_messages_records
 from swift_plugins.data import ConversationOptions, iter_records
 from swift_plugins.errors import UserError
 from swift_plugins.files import line_offsets, read_line
@@ -147,7 +147,7 @@ def test_mixed_detection_and_messages_plan_accounts_for_every_record(packing_tem
 
 def test_an_image_broken_after_planning_names_its_record(packing_template, tmp_path):
     """Planning decoded every image; one that breaks afterwards stops the pack with path:line, not a bare OSError."""
-    from conftest import make_lvis_jsonl, save_corrupt_png
+    from helpers import make_lvis_jsonl, save_corrupt_png
 
     data = make_lvis_jsonl(tmp_path / "d", 2)
     counter = counter_from_template(packing_template)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import detection_swift_rows
+from helpers import detection_swift_rows
 from swift_plugins.families import FAMILIES
 
 TEMPLATE_TYPE = FAMILIES["qwen3_vl"].packing_template

@@ -15,7 +15,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import detection_swift_rows, msg, save_image
+from helpers import detection_swift_rows, msg, save_image
 from swift_plugins.families import FAMILIES
 from swift_plugins.training.attention import ATTN_IMPL
 from swift_plugins.training.attention import register as register_attention

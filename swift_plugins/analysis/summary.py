@@ -1,0 +1,255 @@
+"""``FULL_RESULTS_SUMMARY.md``: the one-page summary of an analysis folder (``scripts/visualize_packing_results.py``).
+
+The page, section by section, each rendered by one function returning its lines::
+
+    header            what generated it, dataset, tokenizer / template, training setup
+    executive summary tokens per sample, the recommendation, the plan at the setup's length,
+                      optimizer steps, padding overhead, estimated memory
+    statistics        mean / median / min / p95 / p99 / max / sum per column (+ one row per file)
+    simulations       every entry of packing_simulations.json (+ the recommendation candidates)
+    recommended       the YAML to train with, why, what to expect
+    comparison        the padding vs packing table, the figures, the migration checklist
+
+What the summary quotes is decided once (:func:`summary_facts`); the comparison rows and numbers
+are :func:`swift_plugins.analysis.report.comparison_rows`, computed once by the caller for the
+comparison table and this page. Nothing is recomputed from the samples here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from swift_plugins.analysis.migrate import default_output
+from swift_plugins.analysis.outputs import (Analysis, TrainingSetup, fmt_int, fmt_pct, fmt_val, inputs_text, md_table,
+                                            setup_lines, variant_text)
+
+__all__ = ["FILE_HEADER", "SIMULATION_HEADER", "SummaryFacts", "summary_facts", "summary_md"]
+
+FILE_HEADER = ("file", "records read", "skipped", "samples", "lvis", "messages", "mean tokens", "p95 tokens",
+               "max tokens")
+SIMULATION_HEADER = ("max_length", "strategy", "buffer", "min fill ratio", "drop_last", "overlong", "records split",
+                     "packs", "L1 bound", "samples/pack", "efficiency", "min fill", "max fill", "records lost",
+                     "steps/epoch", "optimizer steps/epoch")
+CANDIDATE_HEADER = ("max_length", "overlong", "efficiency", "records lost", "memory (GiB)", "fits memory",
+                    "optimizer steps/epoch")
+STATS_HEADER = ("statistic", "total tokens", "text tokens", "image tokens", "objects")
+COMPARISON_HEADER = ("parameter", "padding", "packing", "note")
+DEFAULT_PADDING_CONFIG = "configs/dlora/sft_text_only_padding.yaml"  # the checklist's example without --config
+
+
+@dataclass(frozen=True)
+class SummaryFacts:
+    """What the executive summary quotes besides the comparison numbers."""
+    entry: dict                  # the simulation entry the comparison used
+    best_other: Optional[dict]   # the most efficient other strategy at the same length (unbuffered), if any
+    memory_row: Optional[dict]   # the memory estimate row at global_max_length, if any
+    image_share: float           # image tokens / all tokens
+
+
+def summary_facts(analysis: Analysis, setup: TrainingSetup, raw: dict, est: dict) -> SummaryFacts:
+    """Decide what the summary quotes: ``raw`` is comparison_rows' numbers, ``est`` memory_estimates'.
+
+    Entries at 1000 tokens ``bfd`` 0.9 (the comparison's), ``ffd`` 0.8, ``random`` 0.7 (and ``ffd``
+    with a buffer, never compared) -> ``best_other`` is the ``ffd`` 0.8 entry.
+    """
+    entry, length = raw["entry"], setup.global_max_length
+    same_len = [e for e in analysis.simulations if e["global_max_length"] == length and e["buffer_size"] is None]
+    best_other = max((e for e in same_len if e["strategy"] != entry["strategy"]), key=lambda e: e["efficiency"],
+                     default=None)
+    st = analysis.stats
+    return SummaryFacts(entry=entry, best_other=best_other,
+                        memory_row=next((m for m in est["rows"] if m["seq_len"] == length), None),
+                        image_share=st["sum_image_tokens"] / st["sum_total_tokens"] if st["sum_total_tokens"] else 0.0)
+
+
+def summary_md(analysis: Analysis, setup: TrainingSetup, comparison: tuple[list, dict], *, figures_rel: str,
+               est: dict, command: str = "") -> str:
+    """The whole page; ``comparison`` is ``comparison_rows(analysis, setup)``, ``figures_rel`` the
+    figures folder relative to the analysis folder, ``est`` ``memory_estimates(...)``."""
+    rows, raw = comparison
+    facts = summary_facts(analysis, setup, raw, est)
+    rec = analysis.recommendations
+    out = (_header_lines(analysis, setup, command)
+           + _executive_lines(analysis, setup, raw, facts, figures_rel)
+           + _stats_lines(analysis.stats) + _simulation_lines(analysis) + _candidate_lines(rec)
+           + _recommended_lines(rec) + _comparison_lines(rows, figures_rel) + _checklist_lines(analysis, setup))
+    return "\n".join(out) + "\n"
+
+
+def _header_lines(analysis: Analysis, setup: TrainingSetup, command: str) -> list[str]:
+    st = analysis.stats
+    inputs = st.get("inputs", {})
+    return ["# Packing migration analysis: full results", "",
+            f"Generated by `{command or 'scripts/visualize_packing_results.py'}` from the files in this folder "
+            f"(`dataset_stats.json`, `sample_stats.jsonl`, `packing_simulations.json`, `recommendations.json`); "
+            "regenerate instead of editing.", "",
+            f"- Dataset: {inputs_text(inputs)}, {fmt_int(st['num_samples'])} samples "
+            f"({fmt_int(st['records_read'])} records read, {fmt_int(st['records_skipped'])} skipped)",
+            f"- Tokenizer / template: `{inputs.get('model_path')}`, template `{inputs.get('template')}`, "
+            f"max_pixels {_max_pixels_text(inputs)}"] + setup_lines(setup)
+
+
+def _executive_lines(analysis: Analysis, setup: TrainingSetup, raw: dict, facts: SummaryFacts,
+                     figures_rel: str) -> list[str]:
+    st, rec = analysis.stats, analysis.recommendations
+    r = rec.get("recommended")
+    out = ["", "## Executive summary", "",
+           f"- Tokens per sample (text + image): mean {fmt_val(st['mean_total_tokens'])}, median "
+           f"{fmt_val(st['median_total_tokens'])}, p95 {fmt_val(st['p95_total_tokens'])}, p99 "
+           f"{fmt_val(st['p99_total_tokens'])}, max {fmt_int(st['max_total_tokens'])}; image tokens are "
+           f"{fmt_pct(facts.image_share)} of all tokens."]
+    if r:
+        out.append(f"- Recommended `global_max_length: {r['global_max_length']}` "
+                   f"(strategy {r['packing_strategy']}): {rec['reason']}.")
+    out += [_plan_line(facts, setup.global_max_length, st["num_samples"]),
+            _steps_line(raw, setup.effective_batch_size),
+            f"- Padding overhead with per-device batches of {setup.padding_batch_size} (data order): "
+            f"{fmt_pct(raw['padding']['overhead'])} extra (padded) tokens; packed rows are not padded."]
+    if facts.memory_row:
+        out.append(f"- Estimated GPU memory at {fmt_int(setup.global_max_length)} tokens: "
+                   f"{facts.memory_row['total_gib']:.2f} GiB per GPU "
+                   f"(`{os.path.join(figures_rel, 'memory_estimates.md')}`).")
+    return out
+
+
+def _plan_line(facts: SummaryFacts, length: int, num_samples: int) -> str:
+    """The executive summary's bullet on the plan at ``length`` (and the best other strategy there)."""
+    entry, best = facts.entry, facts.best_other
+    lost = entry.get("records_lost", entry["samples_dropped"])
+    return (f"- At {fmt_int(length)} tokens ({variant_text(entry)}): efficiency {fmt_pct(entry['efficiency'])}, "
+            f"{entry['avg_samples_per_pack']:.2f} samples per pack, {fmt_int(entry['num_packs'])} packs "
+            f"(L1 bound {fmt_int(entry['l1_bound'])}), {fmt_int(lost)} "
+            f"records lost ({fmt_pct(lost / max(1, num_samples))})"
+            + (f", {fmt_int(entry['records_split'])} records split" if entry.get("records_split") else "") + "."
+            + (f" Best other strategy at this length: {best['strategy']} {fmt_pct(best['efficiency'])}."
+               if best else ""))
+
+
+def _steps_line(raw: dict, effective: int) -> str:
+    """``- Optimizer steps per epoch at effective batch 8: padding 25, packing 10 (2.50x fewer); ...``"""
+    pad_steps, pack_steps = raw["padding_steps_per_epoch"], raw["packing_steps_per_epoch"]
+    return (f"- Optimizer steps per epoch at effective batch {effective}: padding {fmt_int(pad_steps)}, packing "
+            f"{fmt_int(pack_steps)}"
+            + (f" ({pad_steps / pack_steps:.2f}x fewer)" if pack_steps else "")
+            + f"; samples per optimizer step {effective} -> {raw['packing_samples_per_step']:.1f}.")
+
+
+def _stats_lines(st: dict) -> list[str]:
+    out = ["", "## Dataset statistics (tokens per sample)", "", md_table(STATS_HEADER, _stats_rows(st)), "",
+           "`text tokens` counts every non-image token of the training sequence (chat markers, prompt, "
+           "vision start/end, answer); `image tokens` the `<|image_pad|>` tokens.", ""]
+    if len(st.get("files", [])) > 1:
+        out += ["### Per file", "", md_table(FILE_HEADER, _file_rows(st["files"])), ""]
+    return out
+
+
+def _simulation_lines(analysis: Analysis) -> list[str]:
+    eff = analysis.recommendations.get("padding_baseline", {}).get("effective_batch_size")
+    return ["## Packing simulations", "",
+            f"Steps at the analysis' effective batch ({eff}). Efficiency = packed tokens / (packs x max_length); "
+            "L1 bound = ceil(packed tokens / max_length), the fewest packs possible.", "",
+            md_table(SIMULATION_HEADER, _simulation_rows(analysis.simulations)), ""]
+
+
+def _candidate_lines(rec: dict) -> list[str]:
+    if not rec.get("candidates"):
+        return []
+    rows = [[fmt_int(c["global_max_length"]), c.get("overlong", "drop"), fmt_pct(c["efficiency"]),
+             fmt_int(c.get("records_lost", c["samples_dropped"])), f"{c['estimated_memory_gib']:.2f}",
+             str(c["fits_memory"]).lower(), fmt_int(c["optimizer_steps_per_epoch"])] for c in rec["candidates"]]
+    return ["### Recommendation candidates", "", md_table(CANDIDATE_HEADER, rows), ""]
+
+
+def _recommended_lines(rec: dict) -> list[str]:
+    r = rec.get("recommended")
+    if not r:
+        return []
+    return ["## Recommended configuration", ""] + _recommended_yaml(r) + [""] + _recommended_notes(rec)
+
+
+def _recommended_yaml(r: dict) -> list[str]:
+    """The fenced ``training:`` block of the recommendation, its choices commented."""
+    ga = r.get("gradient_accumulation_steps")
+    return ["```yaml", "training:", "  packing: true",
+            f"  global_max_length: {r['global_max_length']}",
+            f"  packing_strategy: {r['packing_strategy']}",
+            f"  packing_overlong: {r.get('packing_overlong', 'drop')}"
+            + ("   # dense detection records become pieces: every object trained"
+               if r.get("packing_overlong") == "split" else ""),
+            f"  per_device_train_batch_size: {r['per_device_train_batch_size']}   # one pack per device batch",
+            f"  effective_batch_size: {r['effective_batch_size']}   # packs per optimizer step"
+            + (f" -> gradient_accumulation_steps {ga} on {r['world_size']} GPUs" if ga else ""),
+            f"  num_train_epochs: {r['num_train_epochs']}", "```"]
+
+
+def _recommended_notes(rec: dict) -> list[str]:
+    r, why, match = rec["recommended"], rec.get("why", {}), rec["match_padding_samples_per_step"]
+    return [f"- Why {r['global_max_length']}: {rec['reason']}.",
+            f"- Expected: efficiency {fmt_pct(why['efficiency'])}, {fmt_int(why.get('records_split', 0))} records "
+            f"split, {fmt_int(why.get('records_lost', why['samples_dropped']))} records lost, "
+            f"~{why['estimated_memory_gib']} GiB per GPU, {fmt_int(why['optimizer_steps_per_epoch'])} "
+            f"optimizer steps per epoch ({fmt_int(why['total_optimizer_steps'])} in total), "
+            f"{why['samples_per_step']} samples per step.",
+            f"- Same samples per step as padding instead: effective_batch_size {match['effective_batch_size']} "
+            f"({match['samples_per_step']} samples per step, {match['optimizer_steps_per_epoch']} steps per epoch): "
+            "`--match_samples_per_step` of the migration script.",
+            "- Step-based keys (eval_steps, save_steps, save_delay_steps, logging_steps) must shrink with the "
+            "step count; `scripts/migrate_to_packing.py` rescales them.", ""]
+
+
+def _comparison_lines(rows: Sequence[Sequence[str]], figures_rel: str) -> list[str]:
+    return ["## Padding vs packing", "", md_table(COMPARISON_HEADER, rows), "",
+            f"Details: `{os.path.join(figures_rel, 'comparison_table.md')}`.", "",
+            "## Figures", "",
+            f"![token distribution]({os.path.join(figures_rel, 'token_distribution.png')})", "",
+            f"![packing efficiency]({os.path.join(figures_rel, 'packing_efficiency.png')})", "",
+            "## Migration checklist", ""]
+
+
+def _checklist_lines(analysis: Analysis, setup: TrainingSetup) -> list[str]:
+    """The migration checklist's commands, for the setup's padding config (else the example one)."""
+    W = setup.world_size
+    padding_config = setup.padding_config or DEFAULT_PADDING_CONFIG
+    packed = default_output(padding_config)
+    inputs = analysis.stats.get("inputs", {})
+    return [("- [ ] Write the packing config" if setup.padding_config else
+             "- [ ] Write the packing config (your padding config in place of the example)") +
+            f": `python scripts/migrate_to_packing.py --padding_config {padding_config} "
+            f"--analysis_dir {analysis.input_dir} --output {packed} --world_size {W}`",
+            f"- [ ] Check it: `python -m swift_plugins.sft --config {packed} --print_config --world_size {W}`",
+            "- [ ] Same tokenizer, template, max_pixels and data as this analysis (else re-run it): "
+            f"{inputs_text(inputs)}, max_pixels {_max_pixels_text(inputs)}",
+            f"- [ ] Short run: `torchrun --nproc_per_node={W} -m swift_plugins.sft --config {packed} "
+            "--training.max_steps 20`; watch memory, loss, samples per step",
+            f"- [ ] Full run: `torchrun --nproc_per_node={W} -m swift_plugins.sft --config {packed}`",
+            "- [ ] Compare `eval_token_mean_loss` (token mean over the whole eval set, the same number packed or "
+            "padded) against the padding run at equal samples seen (not equal steps); `eval_loss` is a mean of "
+            "per-step means and differs between the two by batching alone"]
+
+
+def _stats_rows(stats: dict) -> list[list[str]]:
+    cols = ("total_tokens", "text_tokens", "image_tokens", "num_objects")
+    return [[k] + [fmt_val(stats[f"{k}_{col}"]) for col in cols]
+            for k in ("mean", "median", "min", "p95", "p99", "max", "sum")]
+
+
+def _file_rows(files: Sequence[dict]) -> list[list[str]]:
+    return [[f"`{f['jsonl']}`", fmt_int(f["records_read"]), fmt_int(f["records_skipped"]), fmt_int(f["num_samples"]),
+             fmt_int(f["lvis"]), fmt_int(f["messages"]), fmt_val(f["mean_total_tokens"]),
+             fmt_val(f["p95_total_tokens"]), fmt_int(f["max_total_tokens"])] for f in files]
+
+
+def _simulation_rows(sims: Sequence[dict]) -> list[list[str]]:
+    return [[fmt_int(e["global_max_length"]), e["strategy"],
+             "-" if e["buffer_size"] is None else fmt_int(e["buffer_size"]),
+             f"{e['min_fill_ratio']:g}", str(e["drop_last"]).lower(), e.get("overlong", "drop"),
+             fmt_int(e.get("records_split", 0)), fmt_int(e["num_packs"]), fmt_int(e["l1_bound"]),
+             f"{e['avg_samples_per_pack']:.2f}", fmt_pct(e["efficiency"]), f"{e['min_fill']:.4f}",
+             f"{e['max_fill']:.4f}", fmt_int(e.get("records_lost", e["samples_dropped"])),
+             f"{e['steps_per_epoch']:.2f}", fmt_int(e["optimizer_steps_per_epoch"])] for e in sims]
+
+
+def _max_pixels_text(inputs: dict) -> str:
+    mp = inputs.get("max_pixels")
+    return fmt_int(mp) if mp else "not set (the processor's limit)"
