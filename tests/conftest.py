@@ -13,9 +13,6 @@ from PIL import Image
 
 from helpers import BASE, REPO, WHITESPACE_BYTES, analysis_argv, child_environment, write
 
-# Left for tests/e2e/test_deepspeed.py, the one test module still importing helpers from conftest (it is
-# changed on another branch): switch its import to `from helpers import ...` and delete this line.
-from helpers import free_port, read_jsonl, run, save_image  # noqa: F401
 
 VENV_BIN = pathlib.Path(sys.executable).parent
 

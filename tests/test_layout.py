@@ -128,10 +128,6 @@ def test_tests_mirror_the_package():
     assert all(name in MODULES for name in UNMIRRORED)
 
 
-# Test modules that still import helpers from conftest.py: changed on another branch, switched when merged.
-CONFTEST_IMPORTERS = {"tests/e2e/test_deepspeed.py"}
-
-
 def test_tests_hold_test_modules_fixtures_in_conftest_and_helpers_in_one_module():
     """tests/ holds test_*.py, conftest.py (fixtures and pytest hooks only) and helpers.py (the plain
     helpers and constants the tests share, ``from helpers import ...``); nothing imports from conftest."""
@@ -147,7 +143,7 @@ def test_tests_hold_test_modules_fixtures_in_conftest_and_helpers_in_one_module(
                        if isinstance(node, (ast.Import, ast.ImportFrom))
                        and "conftest" in ([a.name for a in node.names] if isinstance(node, ast.Import)
                                           else [node.module]))
-    assert set(importers) == CONFTEST_IMPORTERS, "import shared helpers from helpers, not conftest"
+    assert importers == [], "import shared helpers from helpers, not conftest"
 
 
 def test_no_module_over_about_500_lines():

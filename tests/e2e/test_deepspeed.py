@@ -40,7 +40,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import child_environment, free_port, read_jsonl, run, save_image
+from helpers import child_environment, free_port, read_jsonl, run, save_image
 
 pytestmark = pytest.mark.e2e
 PY = sys.executable
