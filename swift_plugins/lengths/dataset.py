@@ -36,7 +36,6 @@ import os
 import pathlib
 import pickle
 import signal
-import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -406,24 +405,43 @@ def count_dataset(path, counter: LengthCounter, options: ConversationOptions | d
 
 @contextlib.contextmanager
 def _worker_pool(num_workers: int, state: dict):
-    """A spawn pool whose workers ignore SIGINT from their first instruction on.
+    """A spawn pool whose workers never act on SIGINT.
 
     Ctrl-C reaches the whole process group; a worker still importing would print one traceback
-    each. SIG_IGN survives exec, so the parent ignores SIGINT while it starts them and then
-    restores its handler. The workers' large state (the tokenizer) reaches them through a scratch
-    file, not the start-up pipe, so starting them takes milliseconds, not their imports.
+    each. So SIGINT is blocked while the workers start (:func:`_hold_sigint`): they inherit the
+    block across exec and their initializer ignores SIGINT, which discards one held meanwhile; in
+    this process a Ctrl-C pressed meanwhile ends the run as any other. The workers' large state (the
+    tokenizer) reaches them through a scratch file, not the start-up pipe, so starting them takes
+    milliseconds, not their imports.
     """
     ctx = mp.get_context("spawn")  # no forked tokenizer thread pools; same result as in-process
     with scratch_file(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)) as path:
-        main = threading.current_thread() is threading.main_thread()  # signal handlers belong to it
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        release = _hold_sigint()
         try:
             pool = ctx.Pool(num_workers, initializer=_init_worker_from_file, initargs=(path,))
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
+        except BaseException:
+            release()
+            raise
         with pool:
+            release()  # a Ctrl-C held back while the workers started is raised here; the pool is terminated
             yield pool
+
+
+def _hold_sigint():
+    """Block SIGINT in this thread; returns the function that restores the thread's signal mask.
+
+    A held SIGINT is delivered when released, not lost (a process-wide one may instead reach another
+    thread that does not block it, whose handler trips the main thread's KeyboardInterrupt at once)::
+
+        release = _hold_sigint(); signal.pthread_kill(threading.get_ident(), SIGINT)  # nothing yet
+        release()                                                                     # KeyboardInterrupt
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def release() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    return release
 
 
 def _init_worker_from_file(path: str) -> None:
