@@ -176,6 +176,13 @@ def test_the_script_exits_2_with_one_line(ctx, tmp_path, subprocess_env):
     assert not (tmp_path / "out").exists()
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT's default action, as a shell gives a foreground command. A test run
+    started as a background job of a non-interactive shell ignores SIGINT (POSIX), the ignore survives exec,
+    and the analysis would then never see this Ctrl-C (exit 0; it happened when CI was started that way)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_a_re_analysis_leaves_a_folder_every_reader_refuses(ctx, sample_dir, tmp_path,
                                                                          subprocess_env, capsys):
     """A used folder (analysis + figures + summary), a re-analysis into it, a real Ctrl-C (SIGINT to the
@@ -192,7 +199,7 @@ def test_ctrl_c_during_a_re_analysis_leaves_a_folder_every_reader_refuses(ctx, s
     proc = subprocess.Popen([PY, "scripts/analyze_token_lengths.py", "--model_path", str(ctx.tiny), "--train_jsonl",
                              str(big), "--output_dir", str(out), "--cache_dir", str(cache), "--check_images", "false",
                              "--num_workers", "2"], cwd=REPO, env=subprocess_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_default_sigint)
     try:
         for line in proc.stdout:
             if line.startswith("template calibrated"):  # counting starts now
