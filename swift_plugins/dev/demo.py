@@ -14,8 +14,8 @@ The plan holds every record of the bundled samples (dense scenes as pieces, so n
 dropped), and the epoch trains all of them; the summary gives both accountings: records in =
 planned + skipped + lost, and the records the run actually trained, from the packs each step's
 batches held (``packing/served_rank0.jsonl``) mapped to their records (``packing/samples.json``).
-Most of its time is the epoch (50 optimizer steps of the tiny model; the measured time is in the
-introduction of README.md); ``--train_steps 2`` stops after two steps for a quick look.
+Most of its time is the epoch (46 optimizer steps of the tiny model; measured times: README.md's
+introduction, docs/benchmarks.md "make demo"); ``--train_steps 2`` stops after two steps for a quick look.
 
 Each step is the same command a user runs (printed before it runs), so the demo doubles as a
 walkthrough; see docs/migration.md for the real 4-GPU version.
