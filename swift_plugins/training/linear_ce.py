@@ -27,9 +27,10 @@ backward. So the (V, H) gradient G computed in the chunks is handed over through
     probe = sum(layer(I_H) * G.T)      layer(I_H) = W.T (H, V), DeepSpeed gathers W for the call
     loss  = loss_sum + (probe - probe.detach())      same value; d loss / d W = G, reduce-scattered
 
-The tradeoff in numbers: the probe costs 2 * H^2 * V multiply-adds forward and as many backward,
-next to the loss's own 6 * L * H * V: a fraction 2H / (3L) more, 17% at H = 4096, L = 16,384,
-and one (H, V) buffer, the size of the gathered weight (chunked path only on this route).
+The tradeoff in numbers: the probe costs H^2 * V multiply-adds forward and as many backward, next
+to the loss's own 3 * L * H * V (logits, grad_h, grad_W): a fraction 2H / (3L) more, 17% at
+H = 4096, L = 16,384; in memory one (H, V) output the size of the weight, besides the fp32 (V, H)
+gradient every full-tuning fused loss keeps. This route always takes the chunked path.
 """
 from __future__ import annotations
 
