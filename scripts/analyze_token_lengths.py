@@ -1,7 +1,7 @@
 """Exact token lengths, packing simulations and a recommended config: see --help."""
 import sys
 
-from swift_plugins.analysis.token_analysis import main
+from swift_plugins.analyze import main
 
 if __name__ == "__main__":
     sys.exit(main())

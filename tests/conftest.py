@@ -89,10 +89,11 @@ def counter(tiny_template):
 def sample_analysis(tiny_model_dir, sample_dir, tmp_path_factory) -> pathlib.Path:
     """scripts/analyze_token_lengths.py on the bundled sample, once per session (read it, do not write into it)."""
     from swift_plugins.analysis import token_analysis
+    from swift_plugins.analyze import load_counter
 
     out = tmp_path_factory.mktemp("sample-analysis")
     token_analysis.run(token_analysis.options_from_argv(analysis_argv(tiny_model_dir, sample_dir / "train.jsonl",
-                                                                      out, out / "cache")))
+                                                                      out, out / "cache")), load_counter)
     return out
 
 

@@ -18,7 +18,8 @@ import pytest
 
 from helpers import REPO, make_lvis_jsonl, save_corrupt_png
 from swift_plugins import sft
-from swift_plugins.analysis import migrate, report, token_analysis
+from swift_plugins import analyze as analysis_command
+from swift_plugins.analysis import migrate, report
 from swift_plugins.analysis.folder import MANIFEST
 
 PY = sys.executable
@@ -74,37 +75,37 @@ def run_sft(c, out, *extra, config=TINY_PADDING, model=None, data=None):
 
 # (id, command, argv(ctx, out), environment, the cause the one error line must contain)
 CASES = [
-    ("analysis: empty input", token_analysis, lambda c, o: analyze(c, o, data=c.empty), {},
+    ("analysis: empty input", analysis_command, lambda c, o: analyze(c, o, data=c.empty), {},
      "empty.jsonl: empty (no record"),
-    ("analysis: blank-only input", token_analysis, lambda c, o: analyze(c, o, data=c.blank), {},
+    ("analysis: blank-only input", analysis_command, lambda c, o: analyze(c, o, data=c.blank), {},
      "blank.jsonl: empty (no record"),
-    ("analysis: a file listed twice", token_analysis,
+    ("analysis: a file listed twice", analysis_command,
      lambda c, o: analyze(c, o) + ["--train_jsonl", str(c.data), os.path.relpath(c.data)], {}, "is listed twice"),
-    ("analysis: model folder without config.json", token_analysis, lambda c, o: analyze(c, o, model=c.no_config), {},
+    ("analysis: model folder without config.json", analysis_command, lambda c, o: analyze(c, o, model=c.no_config), {},
      "no config.json in the folder"),
-    ("analysis: output folder is a file", token_analysis, lambda c, o: analyze(c, c.file), {},
+    ("analysis: output folder is a file", analysis_command, lambda c, o: analyze(c, c.file), {},
      "--output_dir: " + "{file} is a file, not a folder"),
-    ("analysis: output folder not writable", token_analysis, lambda c, o: analyze(c, "/sys/swiftpack-edge"), {},
+    ("analysis: output folder not writable", analysis_command, lambda c, o: analyze(c, "/sys/swiftpack-edge"), {},
      "--output_dir: /sys/swiftpack-edge: cannot write there"),
-    ("analysis: cache folder is a file", token_analysis, lambda c, o: analyze(c, o) + ["--cache_dir", str(c.file)],
+    ("analysis: cache folder is a file", analysis_command, lambda c, o: analyze(c, o) + ["--cache_dir", str(c.file)],
      {}, "--cache_dir: {file} is a file"),
-    ("analysis: --num_workers 0", token_analysis, lambda c, o: analyze(c, o, "--num_workers", 0), {},
+    ("analysis: --num_workers 0", analysis_command, lambda c, o: analyze(c, o, "--num_workers", 0), {},
      "--num_workers: must be at least 1, got 0"),
-    ("analysis: --memory_headroom 1", token_analysis, lambda c, o: analyze(c, o, "--memory_headroom", 1), {},
+    ("analysis: --memory_headroom 1", analysis_command, lambda c, o: analyze(c, o, "--memory_headroom", 1), {},
      "--memory_headroom: must be below 1, got 1.0"),
-    ("analysis: --num_workers not a number", token_analysis, lambda c, o: analyze(c, o, "--num_workers", "two"), {},
+    ("analysis: --num_workers not a number", analysis_command, lambda c, o: analyze(c, o, "--num_workers", "two"), {},
      "argument --num_workers: invalid int value: 'two'"),
-    ("analysis: a length above the model's context", token_analysis,
+    ("analysis: a length above the model's context", analysis_command,
      lambda c, o: analyze(c, o) + ["--max_lengths", "4000,8192"], {},
      "--max_lengths: 8192 is above the model's context (max_position_embeddings 4096"),
-    ("analysis: MAX_PIXELS not an integer", token_analysis, analyze, {"MAX_PIXELS": "1e6"},
+    ("analysis: MAX_PIXELS not an integer", analysis_command, analyze, {"MAX_PIXELS": "1e6"},
      "environment: MAX_PIXELS: expected a positive integer, got '1e6'"),
-    ("analysis: IMAGE_MAX_TOKEN_NUM negative", token_analysis, analyze, {"IMAGE_MAX_TOKEN_NUM": "-3"},
+    ("analysis: IMAGE_MAX_TOKEN_NUM negative", analysis_command, analyze, {"IMAGE_MAX_TOKEN_NUM": "-3"},
      "environment: IMAGE_MAX_TOKEN_NUM: expected a positive integer"),
-    ("analysis: undecodable image under raise", token_analysis,
+    ("analysis: undecodable image under raise", analysis_command,
      lambda c, o: analyze(c, o, model=c.tiny, data=c.bad_image), {},
      "bad.jsonl:3: images[0]: the pixel data of"),
-    ("analysis: every record skipped", token_analysis,
+    ("analysis: every record skipped", analysis_command,
      lambda c, o: analyze(c, o, "--on_error", "skip", model=c.tiny, data=c.all_bad), {},
      "nothing to analyse: all 2 record(s) were skipped (first: "),
     ("visualizer: files of no complete analysis", report, lambda c, o: ["--input_dir", str(c.stale)], {},
@@ -242,7 +243,7 @@ def test_a_record_beyond_the_model_context_caps_the_lengths_and_is_listed(ctx, t
     out = tmp_path / "out"
     argv = analyze(ctx, out, model=model, data=data)
     argv[argv.index("--max_lengths") + 1] = "auto"
-    assert token_analysis.main(argv) == 0
+    assert analysis_command.main(argv) == 0
     sims = json.loads((out / "packing_simulations.json").read_text())
     rec = json.loads((out / "recommendations.json").read_text())
     total = [json.loads(x)["total_tokens"] for x in (out / "sample_stats.jsonl").read_text().splitlines()]

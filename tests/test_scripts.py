@@ -32,7 +32,7 @@ def test_scripts_are_thin_wrappers_of_a_main(script):
 
 
 def test_analysis_reports_a_bad_record_a_missing_model_and_a_missing_file(tiny_model_dir, tmp_path, subprocess_env):
-    from swift_plugins.analysis.token_analysis import main
+    from swift_plugins.analyze import main
 
     data = make_lvis_jsonl(tmp_path, 2)
     base = [PY, "scripts/analyze_token_lengths.py", "--output_dir", str(tmp_path / "out"), "--cache_dir",

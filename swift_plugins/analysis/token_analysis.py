@@ -1,4 +1,5 @@
-"""`scripts/analyze_token_lengths.py`: exact token lengths, packing simulations and a recommended config.
+"""Exact token lengths, packing simulations and a recommended config (the command is
+:mod:`swift_plugins.analyze`, which hands :func:`run` the adapter's template calibration).
 
     python scripts/analyze_token_lengths.py --model_path M --train_jsonl A.jsonl [B.jsonl ...] \\
         --output_dir docs/temp_packed_dataset --max_samples 0
@@ -40,7 +41,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -52,17 +53,18 @@ from swift_plugins.data.reader import write_skip_report
 from swift_plugins.data.records import ON_ERROR_CHOICES, RECORD_FORMATS
 from swift_plugins.checks import (env_problems, jsonl_problems, model_context_length, model_dir_problem, number_problem,
                                   raise_problems, writable_dir_problem)
-from swift_plugins.errors import ArgumentParser, UserError, run_main
+from swift_plugins.errors import ArgumentParser, UserError
 from swift_plugins.families import counting_template, family_of_model
 from swift_plugins.files import atomic_write_text
+from swift_plugins.lengths.counter import LengthCounter
 from swift_plugins.lengths.dataset import KIND_CODES
 from swift_plugins.packing.planner import DEFAULT_STRATEGY, STRATEGIES
 
 # Detection records are split, not dropped, when too long: every object of a dense scene is trained.
 DETECTION_OVERLONG = "split"
 
-__all__ = ["AnalysisOptions", "beyond_context", "build_parser", "check_options", "main", "options_from_argv",
-           "parse_bool", "run"]
+__all__ = ["AnalysisOptions", "beyond_context", "build_parser", "check_options", "options_from_argv", "parse_bool",
+           "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,12 +310,15 @@ def beyond_context(lengths, context: Optional[int]) -> dict:
     return {"max_position_embeddings": context, "records": rows}
 
 
-def run(args: AnalysisOptions) -> dict:
+def run(args: AnalysisOptions, load_counter: Callable[..., LengthCounter]) -> dict:
     """Check everything up front, then count, simulate, recommend and write every output into a staging
-    folder moved into ``output_dir`` whole (:mod:`swift_plugins.analysis.folder`; module docstring)."""
+    folder moved into ``output_dir`` whole (:mod:`swift_plugins.analysis.folder`; module docstring).
+
+    ``load_counter``: the template calibration, ``swift_plugins.training.calibration.load_counter``
+    (it needs ms-swift, so this package takes it as an argument instead of importing the adapter)."""
     context = check_options(args)
     with staged_analysis(args.output_dir) as stage:
-        return _analyse(args, stage, context)
+        return _analyse(args, stage, context, load_counter)
 
 
 class _Log:
@@ -327,7 +332,7 @@ class _Log:
         self.lines.append(msg)
 
 
-def _analyse(args: AnalysisOptions, stage: str, context: Optional[int]) -> dict:
+def _analyse(args: AnalysisOptions, stage: str, context: Optional[int], load_counter) -> dict:
     """Count -> statistics -> simulations -> recommendation, each written into ``stage`` as it is made; the
     log last. ``max_lengths`` auto becomes the lengths around the p99 sample, capped at ``context``."""
     log = _Log()
@@ -338,7 +343,7 @@ def _analyse(args: AnalysisOptions, stage: str, context: Optional[int]) -> dict:
     template = counting_template(family, args.template, "--template")
     log(f"analyze_token_lengths: {', '.join(args.train_jsonl)} with {args.model_path} ({family.title}, template "
         f"{template}, max_pixels {args.max_pixels})")
-    counter = _calibrated_counter(args, family, template, options, log)
+    counter = _calibrated_counter(args, family, template, options, log, load_counter)
     lengths = _count_lengths(args, stage, counter, options, log)
     stats = dataset_stats(lengths, lengths.summary())
     stats["files"] = file_rows(lengths)
@@ -363,10 +368,9 @@ def _analyse(args: AnalysisOptions, stage: str, context: Optional[int]) -> dict:
     return {"stats": stats, "simulations": sims, "recommendations": rec}
 
 
-def _calibrated_counter(args: AnalysisOptions, family, template: str, options: ConversationOptions, log):
+def _calibrated_counter(args: AnalysisOptions, family, template: str, options: ConversationOptions, log,
+                        load_counter):
     """The family's LengthCounter for ``template``, calibrated for the prompt (cached under ``cache_dir``)."""
-    from swift_plugins.training.calibration import load_counter
-
     t0 = time.perf_counter()
     counter = load_counter(args.model_path, model_type=args.model_type or family.swift_model_type, template_type=template,
                            max_pixels=args.max_pixels, user_texts=("<image>" + options.resolved_prompt,),
@@ -461,13 +465,3 @@ def _recommendation(args: AnalysisOptions, stage: str, lengths, sims: list, stat
             f"~{why['estimated_memory_gib']} GiB/GPU, "
             f"{why['optimizer_steps_per_epoch']} optimizer steps/epoch at effective batch {r['effective_batch_size']}")
     return rec
-
-
-def _main(argv: Optional[Sequence[str]] = None) -> int:
-    run(options_from_argv(argv))
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``scripts/analyze_token_lengths.py``; user errors are ``error:`` lines and exit status 2."""
-    return run_main(_main, argv)

@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from helpers import REPO, awkward_messages_records, child_environment, free_port, read_jsonl, run
-from swift_plugins.analysis import migrate, report, token_analysis
+from swift_plugins import analyze
+from swift_plugins.analysis import migrate, report
 from swift_plugins.data import swift_row
 from swift_plugins.families import FAMILIES
 
@@ -37,7 +38,7 @@ MAX_RECORDS = 16
 
 
 def _analyse(model, files, out, world):
-    assert token_analysis.main(["--model_path", str(model), "--train_jsonl", *map(str, files), "--output_dir", str(out),
+    assert analyze.main(["--model_path", str(model), "--train_jsonl", *map(str, files), "--output_dir", str(out),
                                 "--cache_dir", str(out / "cache"), "--max_samples", str(MAX_RECORDS),
                                 "--max_pixels", "262144", "--max_lengths", "700,900", "--effective_batch_size", "4",
                                 "--world_size", str(world), "--num_train_epochs", "1", "--tuner", "dora",
