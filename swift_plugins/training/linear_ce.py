@@ -120,11 +120,11 @@ class LinearCrossEntropy(torch.autograd.Function):
                     grad_w.addmm_(dlogits.T.float(), h.float())
                 del dlogits  # the same buffer as logits: both names go, or the next chunk's allocation doubles the peak
             del logits
+        # weight_grad_out: the weight's gradient is handed out, not back through autograd (it came in detached)
         out_w = grad_w if weight_grad_out else torch.empty(0, device=hidden.device)
-        if weight_grad_out:  # handed out, not back through autograd (the weight came in detached)
-            need_w, grad_w = False, None
-        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
-        ctx.has, ctx.dtypes = (need_h, need_w), (hidden.dtype, weight.dtype)
+        saved_w = None if weight_grad_out else grad_w
+        ctx.save_for_backward(*(g for g in (grad_h, saved_w) if g is not None))
+        ctx.has, ctx.dtypes = (need_h, saved_w is not None), (hidden.dtype, weight.dtype)
         ctx.mark_non_differentiable(token_loss, preds, out_w)
         return token_loss.sum(), token_loss, preds, out_w
 
