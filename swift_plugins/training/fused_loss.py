@@ -36,8 +36,8 @@ from swift.utils import get_logger
 from swift_plugins.analysis.memory import LOSS_CHUNK_TOKENS
 from swift_plugins.errors import UserError
 from swift_plugins.names import FUSED_LOSS
-from swift_plugins.training.linear_ce import (BACKEND_LIGER, IGNORE_INDEX, linear_cross_entropy, loss_backend,
-                                              partitioned, shift_targets)
+from swift_plugins.training.linear_ce import (BACKEND_LIGER, IGNORE_INDEX, gradient_through_layer,
+                                              linear_cross_entropy, loss_backend, shift_targets)
 
 __all__ = ["FusedCrossEntropyLoss", "ZERO3_TRAINED_LINE", "loss_path_line", "output_layer", "register"]
 
@@ -109,7 +109,7 @@ class FusedCrossEntropyLoss(BaseLoss):
         hidden, self._hidden = _kept(self._hidden, self._keep), None
         targets = shift_targets(labels).to(hidden.device)
         head = output_layer(self.trainer.model)
-        if partitioned(head.weight) and head.weight.requires_grad:
+        if gradient_through_layer(head.weight):  # the route linear_cross_entropy takes below
             logger.info_once(ZERO3_TRAINED_LINE)
         loss_sum, token_loss, preds = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight,
                                                            targets.reshape(-1), layer=head)

@@ -43,7 +43,7 @@ import torch
 from swift_plugins.analysis.memory import LOSS_CHUNK_TOKENS
 
 __all__ = ["BACKEND_CHUNKED", "BACKEND_LIGER", "IGNORE_INDEX", "LinearCrossEntropy", "gathered",
-           "linear_cross_entropy", "loss_backend", "partitioned", "shift_targets"]
+           "gradient_through_layer", "linear_cross_entropy", "loss_backend", "partitioned", "shift_targets"]
 
 IGNORE_INDEX = -100
 BACKEND_CHUNKED, BACKEND_LIGER = "chunked", "liger"
@@ -67,6 +67,12 @@ def shift_targets(labels: torch.Tensor) -> torch.Tensor:
 def partitioned(weight: torch.Tensor) -> bool:
     """Whether ``weight`` is a DeepSpeed ZeRO-3 partitioned parameter (it carries a ``ds_id``)."""
     return getattr(weight, "ds_id", None) is not None
+
+
+def gradient_through_layer(weight: torch.Tensor) -> bool:
+    """Whether the loss sends ``weight``'s gradient through its layer: a partitioned weight that trains,
+    with gradients on (module docstring)."""
+    return partitioned(weight) and weight.requires_grad and torch.is_grad_enabled()
 
 
 @contextlib.contextmanager
@@ -156,7 +162,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     which its gradient goes (module docstring). On the liger backend the gradient comes from
     liger's kernel and the per-token numbers from a no-grad chunked pass.
     """
-    if partitioned(weight) and weight.requires_grad and torch.is_grad_enabled():
+    if gradient_through_layer(weight):
         return _through_layer(hidden, weight, targets, chunk, layer)
     with gathered(weight) as w:
         if loss_backend(hidden.device) == BACKEND_LIGER and torch.is_grad_enabled():

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from swift_plugins.training.linear_ce import (BACKEND_CHUNKED, IGNORE_INDEX, LinearCrossEntropy, gathered,
-                                              linear_cross_entropy, loss_backend, shift_targets)
+                                              gradient_through_layer, linear_cross_entropy, loss_backend,
+                                              shift_targets)
 
 REL = 1e-5
 
@@ -223,3 +224,14 @@ def test_a_trained_partitioned_weight_without_its_layer_is_a_programming_error()
     weight.ds_id = 0  # what DeepSpeed's zero.Init marks a partitioned parameter with
     with pytest.raises(ValueError, match="needs the layer that owns it"):
         linear_cross_entropy(torch.ones(4, 2), weight, torch.zeros(4, dtype=torch.long), 2)
+
+
+def test_only_a_trained_partitioned_weight_with_gradients_on_goes_through_its_layer():
+    plain = torch.nn.Parameter(torch.ones(3, 2))
+    marked = torch.nn.Parameter(torch.ones(3, 2))
+    marked.ds_id = 0  # what DeepSpeed's zero.Init marks a partitioned parameter with
+    assert not gradient_through_layer(plain) and gradient_through_layer(marked)
+    with torch.no_grad():  # evaluation: the gathered weight is only read
+        assert not gradient_through_layer(marked)
+    marked.requires_grad_(False)  # LoRA / DoRA: a frozen lm_head
+    assert not gradient_through_layer(marked)
